@@ -1,0 +1,7 @@
+"""`python -m sparseflow`: see sparseflow/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

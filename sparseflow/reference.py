@@ -1,0 +1,211 @@
+"""The SparseFlow operator in plain PyTorch: the definition every kernel is checked against.
+
+docs/spec.md §5. Chunked over query blocks and gathering only the key blocks each one computes, so it
+runs at Wan-1.3B 480p size on a GPU without an L x L tensor. Computes in fp32 (fp64 for fp64 input).
+Same signature as the Triton launcher (`kernels/fused.py`); tests and bench import it from here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import Geometry
+from .inputs import check_qkv, from_bhld, to_bhld
+from .masks import block_means, block_tables, key_block_ranges, topk_lut
+from .plan import DENSE, SPARSE, AttentionPlan
+
+__all__ = ["SegmentTable", "dense_attention", "reference_attention", "segment_table"]
+
+_MAX_SCORE_ELEMS = 1 << 26
+
+
+class SegmentTable:
+    """Segments (frame f, block j) = tokens of frame f inside block j, ordered by frame then block (spec §5.3)."""
+
+    def __init__(self, geometry: Geometry, block: int) -> None:
+        g, fsize = geometry, geometry.tokens_per_frame
+        frame, blk, start, stop, first = [], [], [], [], []
+        for f in range(g.frames):
+            first.append(len(frame))
+            f0, f1 = g.prefix + f * fsize, g.prefix + (f + 1) * fsize
+            for j in range(f0 // block, -(-f1 // block)):
+                frame.append(f)
+                blk.append(j)
+                start.append(max(j * block, f0))
+                stop.append(min((j + 1) * block, f1))
+        first.append(len(frame))
+        self.frame = torch.tensor(frame)
+        self.block = torch.tensor(blk)
+        self.count = torch.tensor(stop) - torch.tensor(start)
+        self.first = first  # segments of frame f are [first[f], first[f + 1])
+        seg_of_token = torch.full((g.length,), -1, dtype=torch.long)
+        for s, (a, b) in enumerate(zip(start, stop)):
+            seg_of_token[a:b] = s
+        self.seg_of_token = seg_of_token
+
+
+@lru_cache(maxsize=16)
+def segment_table(geometry: Geometry, block: int) -> SegmentTable:
+    return SegmentTable(geometry, block)
+
+
+def _extra_tokens(g: Geometry, device: torch.device) -> torch.Tensor:
+    return torch.cat([torch.arange(g.prefix, device=device),
+                      torch.arange(g.prefix + g.video_tokens, g.length, device=device)])
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    b, h, length, _ = q.shape
+    rows = max(1, _MAX_SCORE_ELEMS // max(1, b * h * k.shape[2]))
+    out = torch.empty_like(q)
+    for r0 in range(0, length, rows):
+        s = (q[:, :, r0:r0 + rows] @ k.transpose(-1, -2)) * scale
+        out[:, :, r0:r0 + rows] = torch.softmax(s, dim=-1) @ v
+    return out
+
+
+def _softmax_merge(logits: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    p = torch.softmax(torch.cat(logits, dim=-1), dim=-1)
+    return p @ torch.cat(values, dim=-2)
+
+
+def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float) -> torch.Tensor:
+    g, blk = plan.geometry, plan.block
+    tab = block_tables(g, blk)
+    b, h, length, d = q.shape
+    dev = q.device
+    out = torch.empty_like(q)
+    if plan.compensation:
+        km, vm = block_means(k, blk), block_means(v, blk)
+        log_n = torch.log(torch.tensor(tab.count, dtype=q.dtype, device=dev))
+    arange_blk = torch.arange(blk, device=dev)
+    for i in range(tab.n):
+        t0, t1 = i * blk, min((i + 1) * blk, length)
+        qi = q[:, :, t0:t1]
+        ranges = key_block_ranges(g, blk, i, window, plan.live_anchors)
+        tok = torch.cat([torch.arange(s * blk, min(e * blk, length), device=dev) for s, e in ranges])
+        logits, values = [(qi @ k[:, :, tok].transpose(-1, -2)) * scale], [v[:, :, tok]]
+        skipped = None
+        if plan.compensation:
+            skipped = torch.ones(b, h, tab.n, dtype=torch.bool, device=dev)
+            for s, e in ranges:
+                skipped[:, :, s:e] = False
+        if lut is not None:
+            sel = lut[:, :, i].long()  # (B, h, K), -1 padded
+            top = (sel.clamp(min=0)[..., None] * blk + arange_blk).flatten(2)  # (B, h, K*blk)
+            valid = ((sel >= 0)[..., None] & (top.view(*sel.shape, blk) < length)).flatten(2)
+            top = top.clamp(max=length - 1)
+            kt = torch.gather(k, 2, top[..., None].expand(-1, -1, -1, d))
+            vt = torch.gather(v, 2, top[..., None].expand(-1, -1, -1, d))
+            lt = (qi @ kt.transpose(-1, -2)) * scale
+            logits.append(lt.masked_fill(~valid[:, :, None, :], float("-inf")))
+            values.append(vt)
+            if skipped is not None:
+                hit = torch.zeros(b, h, tab.n + 1, dtype=torch.bool, device=dev)
+                hit.scatter_(2, torch.where(sel >= 0, sel, tab.n), True)
+                skipped &= ~hit[:, :, : tab.n]
+        if skipped is not None:
+            lc = (qi @ km.transpose(-1, -2)) * scale + log_n
+            logits.append(lc.masked_fill(~skipped[:, :, None, :], float("-inf")))
+            values.append(vm)
+        out[:, :, t0:t1] = _softmax_merge(logits, values)
+    return out
+
+
+def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    g, blk = plan.geometry, plan.block
+    tab, seg = block_tables(g, blk), segment_table(g, blk)
+    b, h, length, d = q.shape
+    dev = q.device
+    vid = seg.seg_of_token.to(dev) >= 0
+    sid = seg.seg_of_token.to(dev)[vid]
+    nseg = len(seg.frame)
+    count = seg.count.to(dev, q.dtype)
+    km = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, k[:, :, vid]) / count[:, None]
+    vm = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, v[:, :, vid]) / count[:, None]
+    log_n = torch.log(count)
+    seg_frame, seg_block = seg.frame.to(dev), seg.block.to(dev)
+    extra = _extra_tokens(g, dev)
+    out = torch.empty_like(q)
+    for i in range(tab.n):
+        t0, t1 = i * blk, min((i + 1) * blk, length)
+        qi = q[:, :, t0:t1]
+        if tab.has_extra[i]:
+            out[:, :, t0:t1] = _dense(qi, k, v, scale)
+            continue
+        qf = (torch.arange(t0, t1, device=dev) - g.prefix) // g.tokens_per_frame  # (bq,)
+        s0, s1 = seg.first[tab.flo[i]], seg.first[tab.fhi[i] + 1]
+        ok = seg_frame[None, s0:s1] == qf[:, None]
+        if plan.linear_own_block:
+            ok &= seg_block[None, s0:s1] != i
+        ls = (qi @ km[:, :, s0:s1].transpose(-1, -2)) * scale + log_n[s0:s1]
+        logits, values = [ls.masked_fill(~ok, float("-inf"))], [vm[:, :, s0:s1]]
+        if plan.linear_own_block:
+            lo = (qi @ k[:, :, t0:t1].transpose(-1, -2)) * scale
+            logits.append(lo.masked_fill(qf[:, None] != qf[None, :], float("-inf")))
+            values.append(v[:, :, t0:t1])
+        if len(extra):
+            logits.append((qi @ k[:, :, extra].transpose(-1, -2)) * scale)
+            values.append(v[:, :, extra])
+        out[:, :, t0:t1] = _softmax_merge(logits, values)
+    return out
+
+
+def _linear_feature(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    g, blk = plan.geometry, plan.block
+    tab, fsize = block_tables(g, blk), g.tokens_per_frame
+    out = torch.empty_like(q)
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    extra = _extra_tokens(g, q.device)
+    s_extra = phi_k[:, :, extra].transpose(-1, -2) @ v[:, :, extra]  # (B, h, D, D)
+    z_extra = phi_k[:, :, extra].sum(dim=2)  # (B, h, D)
+    for f in range(g.frames):
+        a, b = g.prefix + f * fsize, g.prefix + (f + 1) * fsize
+        s = phi_k[:, :, a:b].transpose(-1, -2) @ v[:, :, a:b] + s_extra
+        z = phi_k[:, :, a:b].sum(dim=2) + z_extra
+        out[:, :, a:b] = (phi_q[:, :, a:b] @ s) / (phi_q[:, :, a:b] @ z[..., None])
+    for i in range(tab.n):
+        if tab.has_extra[i]:
+            t0, t1 = i * blk, min((i + 1) * blk, g.length)
+            out[:, :, t0:t1] = _dense(q[:, :, t0:t1], k, v, scale)
+    return out
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
+                        heads: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
+    """SparseFlow attention of one call (spec §5). Layout (B, H, L, D), or (B, L, H*D) with `heads`.
+
+    `lut` is the top-k LUT from `masks.topk_lut`; it is computed here when None and a head needs it.
+    Returns a tensor of q's layout and dtype.
+    """
+    _, h, _, d = check_qkv(q, k, v, plan, heads, op="reference")
+    cdt = torch.promote_types(q.dtype, torch.float32)
+    qb, kb, vb = (to_bhld(t, h).to(cdt) for t in (q, k, v))
+    if lut is None:
+        lut = topk_lut(qb, kb, plan)
+    scale = plan.softmax_scale(d)
+    out = torch.empty_like(qb)
+    for (route, window, topk), hs in plan.groups().items():
+        idx = torch.tensor(hs, device=q.device)
+        qs, ks, vs = qb[:, idx], kb[:, idx], vb[:, idx]
+        if route == DENSE:
+            o = _dense(qs, ks, vs, scale)
+        elif route == SPARSE:
+            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale)
+        elif plan.linear_kind == "pooled":
+            o = _linear_pooled(qs, ks, vs, plan, scale)
+        else:
+            o = _linear_feature(qs, ks, vs, plan, scale)
+        out[:, idx] = o
+    return from_bhld(out.to(q.dtype), q)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Exact softmax attention on (B, H, L, D), fp32 accumulation, chunked over queries."""
+    cdt = torch.promote_types(q.dtype, torch.float32)
+    s = scale if scale is not None else q.shape[-1] ** -0.5
+    return _dense(q.to(cdt), k.to(cdt), v.to(cdt), s).to(q.dtype)
+

@@ -1,0 +1,96 @@
+"""Per-run telemetry: what each sampling step actually applied, and the one-line summary of a run.
+
+After EasyCache's OUTER_SAMPLE summary (ComfyUI `comfy_extras/nodes_easycache.py`): the nodes record every
+patched attention call here and print one line when sampling ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["CallRecord", "RunTelemetry"]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One patched self-attention call."""
+
+    step: int
+    progress: float
+    layer: int
+    window: int
+    topk: int
+    dense_step: bool
+    routes: tuple[int, ...]
+    pairs: int  # computed (query block, key block) pairs summed over heads and batch
+    dense_pairs: int  # the same call fully dense
+    backend: str
+
+
+@dataclass
+class RunTelemetry:
+    """Records of one sampling run; `reset()` between runs."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+    passthrough: dict[str, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.passthrough.clear()
+
+    def record(self, rec: CallRecord) -> None:
+        self.calls.append(rec)
+
+    def note_passthrough(self, reason: str) -> None:
+        self.passthrough[reason] = self.passthrough.get(reason, 0) + 1
+
+    def steps(self) -> list[int]:
+        return sorted({c.step for c in self.calls})
+
+    def step_params(self) -> dict[int, tuple[int, int, bool]]:
+        """step -> (window, topk, dense_step) as applied (first call of the step)."""
+        out: dict[int, tuple[int, int, bool]] = {}
+        for c in self.calls:
+            out.setdefault(c.step, (c.window, c.topk, c.dense_step))
+        return out
+
+    def density_per_step(self) -> dict[int, float]:
+        pairs: dict[int, list[int]] = {}
+        for c in self.calls:
+            acc = pairs.setdefault(c.step, [0, 0])
+            acc[0] += c.pairs
+            acc[1] += c.dense_pairs
+        return {s: p / d if d else 1.0 for s, (p, d) in sorted(pairs.items())}
+
+    def route_counts(self) -> dict[str, int]:
+        """Heads per route over the distinct (layer, head) seen (last record per layer wins)."""
+        last: dict[int, tuple[int, ...]] = {}
+        for c in self.calls:
+            if not c.dense_step:
+                last[c.layer] = c.routes
+        counts = {"dense": 0, "sparse": 0, "linear": 0}
+        for routes in last.values():
+            for r in routes:
+                counts[("dense", "sparse", "linear")[r]] += 1
+        return counts
+
+    def flops_saved(self) -> float:
+        done = sum(c.pairs for c in self.calls)
+        full = sum(c.dense_pairs for c in self.calls)
+        return 1.0 - done / full if full else 0.0
+
+    def backends(self) -> list[str]:
+        return sorted({c.backend for c in self.calls})
+
+    def summary(self) -> str:
+        if not self.calls:
+            extra = f"; passed through: {self.passthrough}" if self.passthrough else ""
+            return "SparseFlow: no self-attention call was patched in this run" + extra
+        dens = " ".join(f"{d:.2f}" for d in self.density_per_step().values())
+        counts = self.route_counts()
+        text = (f"SparseFlow: {len(self.steps())} steps, density per step [{dens}], heads "
+                f"sparse {counts['sparse']} / linear {counts['linear']} / dense {counts['dense']}, "
+                f"est. attention FLOPs saved {100 * self.flops_saved():.0f}%, backend {'+'.join(self.backends())}")
+        if self.passthrough:
+            text += "; passed to ComfyUI attention: " + ", ".join(f"{k} x{v}" for k, v in self.passthrough.items())
+        return text
