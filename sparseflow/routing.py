@@ -22,22 +22,9 @@ import torch
 from sparseflow.plan import DENSE, LINEAR, ROUTE_NAMES, SPARSE
 
 __all__ = [
-    "DEFAULT_ROUTING",
-    "DENSE",
-    "FAMILIES",
-    "LINEAR",
-    "ROUTE_NAMES",
-    "ROUTING_PRESETS",
-    "RoutingFileError",
-    "RoutingMap",
-    "SPARSE",
-    "load_routing",
-    "parse_overrides",
-    "routing_preset",
-    "routing_to_json",
-    "save_routing",
-    "summary",
-    "with_overrides",
+    "DEFAULT_ROUTING", "DENSE", "FAMILIES", "LINEAR", "ROUTE_NAMES", "ROUTING_PRESETS", "RoutingFileError",
+    "RoutingMap", "SPARSE", "load_routing", "parse_overrides", "routing_preset", "routing_to_json", "save_routing",
+    "summary", "with_overrides",
 ]
 
 log = logging.getLogger("sparseflow.routing")
@@ -316,6 +303,10 @@ def _read_header(data: bytes, fail) -> tuple[dict, int]:
         fail(f"header is not valid JSON ({str(e)[:200]}); allowed: a JSON object without duplicate keys")
     if not isinstance(header, dict):
         fail(f"header is a JSON {type(header).__name__}; allowed: a JSON object")
+    try:  # Python's json accepts escaped lone surrogates ("\\ud800"); safetensors' parser does not
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as e:
+        fail(f"header holds a string that is not valid Unicode ({str(e)[:100]}); allowed: UTF-8 JSON")
     return header, 8 + n
 
 
@@ -409,8 +400,10 @@ def load_routing(path: str | os.PathLike, expect_family: str | None = None,
     if path.suffix.lower() != ".safetensors":
         fail(f"extension {path.suffix!r} is not allowed; only .safetensors routing files are loaded "
              "(pickle, .pt, .pth and .ckpt files are never loaded)")
-    if not path.is_file():
+    if not path.exists():
         fail(f"file not found in {path.parent}; allowed: an existing .safetensors file")
+    if not path.is_file():
+        fail("is not a regular file; allowed: an existing .safetensors file")
     if path.stat().st_size > MAX_FILE_BYTES:
         fail(f"file is {path.stat().st_size} bytes; allowed: at most {MAX_FILE_BYTES} bytes (16 MiB)")
     with open(path, "rb") as f:
@@ -433,11 +426,9 @@ def load_routing(path: str | os.PathLike, expect_family: str | None = None,
         tensors = load(data)
     except Exception as e:  # noqa: BLE001 - anything safetensors refuses is a bad file, never a crash
         fail(f"safetensors could not read it ({e}); allowed: a file written by save_routing")
-    for name in sorted(set(header) - {"__metadata__"}):
-        t = tensors.get(name)
-        if t is None or t.dtype != _TENSORS[name][1] or tuple(t.shape) != shape:
-            fail(f"tensor {name!r} did not load as {_TENSORS[name][1]} {shape}; allowed: a file written by "
-                 "save_routing")
+    if {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()} != {
+            k: (_TENSORS[k][1], shape) for k in header if k != "__metadata__"}:
+        fail("safetensors returned other tensors than the header declares; allowed: a file written by save_routing")
     routes, window, topk, error = (tensors.get(n) for n in ("routes", "window", "topk", "error"))
     _check_fields(routes, window, topk, error, meta["family"], f"routing file '{path.name}'", RoutingFileError)
     rmap = RoutingMap(routes, window, topk, error, meta["family"], meta["made_by"], meta["notes"])

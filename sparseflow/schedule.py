@@ -165,7 +165,8 @@ def _sigma_list(sample_sigmas: Sequence[float] | torch.Tensor) -> list[float]:
 def progress_from_sigmas(sigma: float, sample_sigmas: Sequence[float] | torch.Tensor, mode: str) -> float:
     """Denoising progress in [0, 1] of the step at `sigma`.
 
-    `sample_sigmas` is the sampler's sigma list: n_steps + 1 entries, the last usually 0.
+    `sample_sigmas` is the sampler's sigma list: n_steps + 1 entries, the last usually 0. `sigma` may be a
+    float or a tensor (its first entry is used).
     - "steps": i = index of the entry closest to `sigma` (ties: first), progress = i / max(1, len - 2),
       so the first step is 0 and the last step is 1 for any step count.
     - "sigma": (s0 - sigma) / (s0 - s_last), the fraction of the sigma range covered; 0 if s0 == s_last.
@@ -173,7 +174,8 @@ def progress_from_sigmas(sigma: float, sample_sigmas: Sequence[float] | torch.Te
     """
     if mode not in PROGRESS_MODES:
         raise ValueError(f"progress_from_sigmas: mode must be one of {PROGRESS_MODES}, got {mode!r}")
-    s = float(sigma.item() if isinstance(sigma, torch.Tensor) else sigma)
+    # ComfyUI passes the current sigma as a (batch,) tensor whose entries are equal; take the first.
+    s = float(sigma.detach().flatten()[0].item() if isinstance(sigma, torch.Tensor) else sigma)
     if math.isnan(s):
         raise ValueError("progress_from_sigmas: sigma must be a number, got NaN")
     sigmas = _sigma_list(sample_sigmas)

@@ -264,6 +264,11 @@ def _set(header: dict, path: list, value) -> dict:
 _DEL = object()
 
 
+def _raw(text: str, body: bytes) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
 def _patch_body(header: dict, body: bytes, tensor: str, index: int, packed: bytes) -> bytes:
     begin = header[tensor]["data_offsets"][0] + index * len(packed)
     return body[:begin] + packed + body[begin + len(packed):]
@@ -285,11 +290,13 @@ _CORRUPTIONS = [
      "tensor 'error' has shape \\[6, 5000\\]"),
     ("offsets_past_end", lambda h, b: _join(_set(h, ["routes", "data_offsets"], [len(b) - 10, len(b) + 38]), b),
      "tensor 'routes' has data_offsets .*allowed: 0 <= begin <= end"),
-    ("offsets_overlap", lambda h, b: _join(_set(h, ["topk", "data_offsets"], h["window"]["data_offsets"]), b),
-     "data_offsets .* overlaps the previous tensor"),
+    ("offsets_overlap", lambda h, b: _join(_set(h, ["routes", "data_offsets"], [0, 48]), b),
+     "tensor 'error' data_offsets \\[0, 192\\] overlaps the previous tensor"),
+    ("offsets_gap", lambda h, b: _join(_set(h, ["topk", "data_offsets"], h["window"]["data_offsets"]), b),
+     "tensor 'topk' data_offsets \\[288, 384\\] leaves a gap at byte 192"),
     ("offsets_wrong_size", lambda h, b: _join(_set(h, ["topk", "data_offsets"], [0, 4]), b),
      "tensor 'topk' has data_offsets \\[0, 4\\] spanning 4 bytes"),
-    ("trailing_bytes", lambda h, b: _join(h, b + b"\0" * 16), "tensors cover 480 of 496 data bytes"),
+    ("trailing_bytes", lambda h, b: _join(h, b + b"\0" * 16), "tensors cover 432 of 448 data bytes"),
     ("metadata_missing", lambda h, b: _join(_set(h, ["__metadata__"], _DEL), b), "metadata is missing"),
     ("metadata_key_missing", lambda h, b: _join(_set(h, ["__metadata__", "made_by"], _DEL), b),
      "metadata 'made_by' is missing"),
@@ -321,10 +328,12 @@ _CORRUPTIONS = [
     ("not_utf8", lambda h, b: struct.pack("<Q", 4) + b'{"\xff}' + b, "header is not valid UTF-8"),
     ("not_json", lambda h, b: struct.pack("<Q", 9) + b'{"a": 1,}' + b, "header is not valid JSON"),
     ("json_array", lambda h, b: struct.pack("<Q", 2) + b"[]" + b, "header does not start with '\\{'"),
-    ("duplicate_key", lambda h, b: (lambda raw: struct.pack("<Q", len(raw)) + raw + b)(
-        json.dumps(h).replace('"routes"', '"topk"').encode()), "duplicate key 'topk'"),
-    ("nan_constant", lambda h, b: (lambda raw: struct.pack("<Q", len(raw)) + raw + b)(
-        json.dumps(h).replace('"shape": [6, 8]', '"shape": [NaN, 8]', 1).encode()), "constant NaN is not JSON"),
+    ("duplicate_key", lambda h, b: _raw(json.dumps(h).replace('"routes"', '"topk"'), b),
+     "header is not valid JSON \\(duplicate key 'topk'\\)"),
+    ("nan_constant", lambda h, b: _raw(json.dumps(h).replace('"shape": [6, 8]', '"shape": [NaN, 8]', 1), b),
+     "header is not valid JSON \\(constant NaN is not JSON\\)"),
+    ("lone_surrogate", lambda h, b: _raw(json.dumps(h).replace('"notes": "', '"notes": "\\ud800', 1), b),
+     "header holds a string that is not valid Unicode"),
     ("entry_not_object", lambda h, b: _join(_set(h, ["routes"], [1, 2]), b), "tensor 'routes' entry is malformed"),
     ("offsets_float", lambda h, b: _join(_set(h, ["routes", "data_offsets"], [0.0, 48.0]), b),
      "tensor 'routes' has data_offsets \\[0.0, 48.0\\]; allowed: \\[begin, end\\] integers"),
@@ -342,6 +351,9 @@ def test_corrupted_file_is_rejected_naming_file_and_field(good_file, mutate, mat
 def test_file_level_problems_are_named(tmp_path, good_file):
     with pytest.raises(RoutingFileError, match="routing file 'nope.safetensors': file not found"):
         load_routing(tmp_path / "nope.safetensors")
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(RoutingFileError, match="routing file 'dir.safetensors': is not a regular file"):
+        load_routing(tmp_path / "dir.safetensors")
     big = tmp_path / "big.safetensors"
     with open(big, "wb") as f:
         f.truncate(16 * 1024 * 1024 + 1)

@@ -106,6 +106,8 @@ def test_sigma_mode_is_fraction_of_sigma_range_for_any_step_count():
         assert progress_from_sigmas(0.0, sig, "sigma") == 1.0
         assert progress_from_sigmas(20.0, sig, "sigma") == 0.0  # clamped
     assert progress_from_sigmas(1.0, [1.0, 1.0], "sigma") == 0.0  # s0 == s_last
+    # ComfyUI's per-batch sigma tensor
+    assert progress_from_sigmas(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.5, 0.0]), "steps") == 1.0
 
 
 def test_progress_from_sigmas_rejects_bad_mode_and_empty_sigmas():

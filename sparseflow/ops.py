@@ -1,0 +1,144 @@
+"""The public SparseFlow attention op: a backend registry (reference, triton) and the `sparseflow::attention` custom op.
+
+Backends say why they cannot run (comfy-kitchen `registry.py`): `available_backends()` maps each name
+to None or a reason; "auto" takes triton on CUDA with fp16/bf16 input when triton imports, else the
+reference, and logs the refusals once. An explicit backend that cannot run raises ValueError with its
+reasons. `sparseflow::attention` (torch.library) carries the plan as plain ints/floats/tensors, with a
+fake implementation, so torch.compile traces a model patched by SparseFlow without a graph break.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from sparseflow.geometry import Geometry
+from sparseflow.inputs import check_qkv
+from sparseflow.plan import LINEAR_KINDS, AttentionPlan
+from sparseflow.reference import reference_attention
+
+__all__ = ["BACKENDS", "attention", "available_backends", "backend_for", "current_backend", "use_backend"]
+
+log = logging.getLogger("sparseflow.ops")
+
+BACKENDS = ("triton", "reference")
+_state = {"backend": "auto"}
+_logged: set = set()
+_triton_import: dict = {}
+
+
+def _triton_fn() -> Callable | None:
+    """kernels.fused_attention, or None with the import error recorded."""
+    if "fn" not in _triton_import:
+        try:
+            from kernels import fused_attention
+            _triton_import["fn"], _triton_import["error"] = fused_attention, None
+        except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
+            _triton_import["fn"], _triton_import["error"] = None, f"{type(e).__name__}: {e}"
+    return _triton_import["fn"]
+
+
+def _triton_reason(q: torch.Tensor | None = None, plan: AttentionPlan | None = None) -> str | None:
+    if not torch.cuda.is_available():
+        return "triton: no CUDA device"
+    if _triton_fn() is None:
+        return f"triton: cannot import kernels ({_triton_import['error']})"
+    if q is not None:
+        if q.device.type != "cuda":
+            return f"triton: input is on {q.device}, not CUDA"
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            return f"triton: dtype {q.dtype} (the kernel takes float16/bfloat16)"
+    if plan is not None and len(plan.live_anchors) > 4:
+        return f"triton: {len(plan.live_anchors)} anchor frames (the kernel takes at most 4)"
+    return None
+
+
+def available_backends(q: torch.Tensor | None = None, plan: AttentionPlan | None = None) -> dict[str, str | None]:
+    """Each backend name -> None if it can run (for these inputs, when given), else the reason it cannot."""
+    return {"triton": _triton_reason(q, plan), "reference": None}
+
+
+def use_backend(name: str) -> None:
+    """Select "auto", "triton" or "reference" for later calls; an explicit backend must be able to run now."""
+    if name not in ("auto", *BACKENDS):
+        raise ValueError(f"sparseflow.ops: backend must be 'auto', 'triton' or 'reference', got {name!r}")
+    if name != "auto":
+        reason = available_backends()[name]
+        if reason is not None:
+            raise ValueError(f"sparseflow.ops: backend {name!r} cannot run: {reason}")
+    _state["backend"] = name
+
+
+def current_backend() -> str:
+    return _state["backend"]
+
+
+def backend_for(q: torch.Tensor, plan: AttentionPlan, backend: str | None = None) -> str:
+    """The backend a call runs on. "auto" logs each refused backend's reason once; explicit raises ValueError."""
+    name = backend or _state["backend"]
+    reasons = available_backends(q, plan)
+    if name == "auto":
+        for cand in BACKENDS:
+            if reasons[cand] is None:
+                refused = {k: r for k, r in reasons.items() if r is not None}
+                key = (cand, tuple(sorted(refused.items())))
+                if key not in _logged:
+                    _logged.add(key)
+                    log.info("sparseflow attention runs on %s%s", cand,
+                             "".join(f"; {k} refused: {r}" for k, r in refused.items()))
+                return cand
+    if name not in BACKENDS:
+        raise ValueError(f"sparseflow.ops: backend must be 'auto', 'triton' or 'reference', got {name!r}")
+    if reasons[name] is not None:
+        raise ValueError(f"sparseflow.ops: backend {name!r} cannot run: {reasons[name]}")
+    return name
+
+
+def _run(q, k, v, plan: AttentionPlan, heads: int | None, backend: str | None) -> torch.Tensor:
+    name = backend_for(q, plan, backend)
+    if name == "triton":
+        return _triton_fn()(q, k, v, plan, heads=heads)
+    return reference_attention(q, k, v, plan, heads=heads)
+
+
+# -- torch.library custom op: the plan travels as plain ints/floats/tensors ------------------------------
+
+def _plan_from(geom: list[int], routes: torch.Tensor, window: torch.Tensor, topk: torch.Tensor,
+               anchors: list[int], compensation: bool, linear_kind: int, own_block: bool, block: int,
+               scale: float) -> AttentionPlan:
+    return AttentionPlan(Geometry(*geom), tuple(int(x) for x in routes.tolist()), tuple(int(x) for x in window.tolist()),
+                         tuple(int(x) for x in topk.tolist()), tuple(anchors), compensation,
+                         LINEAR_KINDS[linear_kind], own_block, block, scale if scale > 0 else None)
+
+
+@torch.library.custom_op("sparseflow::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: list[int], routes: torch.Tensor,
+                  window: torch.Tensor, topk: torch.Tensor, anchors: list[int], compensation: bool, linear_kind: int,
+                  own_block: bool, block: int, scale: float, heads: int, backend: str) -> torch.Tensor:
+    plan = _plan_from(geom, routes, window, topk, anchors, compensation, linear_kind, own_block, block, scale)
+    return _run(q, k, v, plan, heads if heads > 0 else None, None if backend == "auto" else backend)
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, geom, routes, window, topk, anchors, compensation, linear_kind, own_block, block,
+                    scale, heads, backend):
+    return torch.empty_like(q)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *, heads: int | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """SparseFlow attention (docs/spec.md) on the chosen backend, through the `sparseflow::attention` custom op.
+
+    q, k, v: (B, H, L, D), or (B, L, H*D) with `heads`. Returns q's layout and dtype. Raises ValueError for
+    bad inputs (spec §7) and for an explicit backend that cannot run.
+    """
+    check_qkv(q, k, v, plan, heads, op="sparseflow.attention")
+    if backend != "auto":
+        backend_for(q, plan, backend)  # raise now, with the reasons, rather than inside the op
+    g = plan.geometry
+    per_head = torch.tensor([plan.routes, plan.window, plan.topk], dtype=torch.int32)
+    return _attention_op(q, k, v, [g.frames, g.height, g.width, g.prefix, g.suffix], per_head[0], per_head[1],
+                         per_head[2], list(plan.anchors), plan.compensation, LINEAR_KINDS.index(plan.linear_kind),
+                         plan.linear_own_block, plan.block, float(plan.scale or 0.0), heads or 0, backend)
