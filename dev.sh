@@ -26,6 +26,10 @@ setup() {
     reqs="$(mktemp)"
     grep -viE '^\s*(torch|torchvision|torchaudio|spandrel)\b' "$COMFYUI_PATH/requirements.txt" > "$reqs"
     "$PY" -m pip install -q -c "$keep" -r "$reqs"
+    # spandrel is in ComfyUI's requirements but pulls a torch of its own, so it goes in with --no-deps (its needs are
+    # already there). Without it core's upscale nodes fail to import and the pinned frontend (1.27.10) throws while
+    # building every model-file combo widget, so no Wan workflow loads cleanly in the browser tests.
+    "$PY" -c "import spandrel" 2>/dev/null || "$PY" -m pip install -q --no-deps spandrel
   else
     echo "dev.sh: no ComfyUI at $COMFYUI_PATH: ComfyUI integration tests will be SKIPPED (set COMFYUI_PATH)"
   fi

@@ -1,0 +1,163 @@
+"""Start a real ComfyUI server on 127.0.0.1 with this pack installed, for browser and /object_info tests.
+
+The server runs from the checkout at ``$COMFYUI_PATH`` (tests/comfy_env.py finds it) with its own throw-away
+``--base-directory``: ``custom_nodes/SparseFlow`` is a symlink to this repository, models/input/output/user are
+empty temp folders and the database is in memory, so nothing is written into the ComfyUI checkout. The frontend
+is whatever ``comfyui-frontend-package`` is installed, i.e. the version ComfyUI pins in its requirements.txt.
+
+One server per pytest process: ``shared_server()`` starts it on first use and stops it at exit, so
+tests/test_workflows.py and tests/test_browser.py share it. ``ComfyServer`` can also be used directly as a
+context manager (``with ComfyServer() as s: s.url``). ``$SPARSEFLOW_PACK_DIR`` points the server at another
+pack folder (used while developing the widget against a stub of the nodes).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from comfy_env import comfy_path, missing_reason
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "SparseFlow"
+START_TIMEOUT_S = 90.0
+
+log = logging.getLogger("sparseflow.tests.comfy_server")
+
+# Frontend settings for a fresh test user: no first-run template dialog, and no missing-*model* dialog (the
+# workflows name real model files that a test machine does not have); the missing-*node* dialog stays on.
+TEST_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.Workflow.ShowMissingNodesWarning": True,
+    "Comfy.Validation.Workflows": True,
+    "Comfy.Notification.ShowVersionUpdates": False,
+    # 1.27 sets the two below from NavigationMode's onChange before they are registered (a page error at
+    # first start); giving all three their legacy values up front avoids that start-up noise
+    "Comfy.Canvas.NavigationMode": "legacy",
+    "Comfy.Canvas.LeftMouseClickBehavior": "panning",
+    "Comfy.Canvas.MouseWheelScroll": "zoom",
+    # keep node text readable in whole-workflow screenshots (the default switches to low detail sooner)
+    "LiteGraph.Canvas.MinFontSizeForLOD": 4,
+    "Comfy.Minimap.Visible": False,
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+        return json.loads(r.read().decode("utf-8"))
+
+
+class ComfyServer:
+    """A ComfyUI subprocess with this pack in a temp base directory; ``url`` once started."""
+
+    def __init__(self, pack_dir: str | os.PathLike | None = None, port: int | None = None):
+        root = comfy_path()
+        if root is None:
+            raise RuntimeError(missing_reason())
+        self.comfy_root = root
+        self.pack_dir = Path(pack_dir or os.environ.get("SPARSEFLOW_PACK_DIR") or REPO).resolve()
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def _make_base(self) -> Path:
+        base = Path(tempfile.mkdtemp(prefix="sparseflow_comfy_"))
+        for sub in ("custom_nodes", "models", "input", "output", "temp", "user/default/workflows",
+                    "user/default/subgraphs"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "custom_nodes" / PACK_NAME).symlink_to(self.pack_dir, target_is_directory=True)
+        for f in (self.comfy_root / "input").glob("*.png"):  # ComfyUI ships input/example.png; so do we
+            shutil.copy2(f, base / "input" / f.name)
+        (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(TEST_SETTINGS, indent=1))
+        (base / "user" / "default" / "comfy.templates.json").write_text("[]")  # else the frontend logs a 404
+        return base
+
+    def start(self) -> ComfyServer:
+        self.base = self._make_base()
+        self.log_path = self.base / "comfyui.log"
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch", "--disable-api-nodes"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)  # the repo's own nodes/ must not shadow ComfyUI's nodes.py
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.comfy_root, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
+            try:
+                get_json(self.url + "/system_stats", timeout=2.0)
+                log.info("ComfyUI up at %s (base %s)", self.url, self.base)
+                return self
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def object_info(self) -> dict:
+        return get_json(self.url + "/object_info", timeout=30.0)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None
+
+    def __enter__(self) -> ComfyServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+_shared: ComfyServer | None = None
+_shared_error: str | None = None
+
+
+def shared_server() -> ComfyServer:
+    """The process-wide server, started on first call and stopped at interpreter exit; raises on failure."""
+    global _shared, _shared_error
+    if _shared_error is not None:
+        raise RuntimeError(_shared_error)
+    if _shared is None:
+        try:
+            server = ComfyServer().start()
+        except RuntimeError as e:
+            _shared_error = str(e)
+            raise
+        atexit.register(server.stop)
+        _shared = server
+    return _shared
