@@ -108,8 +108,8 @@ def _run(q, k, v, plan: AttentionPlan, heads: int | None, backend: str | None) -
 def _plan_from(geom: list[int], routes: torch.Tensor, window: torch.Tensor, topk: torch.Tensor,
                anchors: list[int], compensation: bool, linear_kind: int, own_block: bool, block: int,
                scale: float) -> AttentionPlan:
-    return AttentionPlan(Geometry(*geom), tuple(int(x) for x in routes.tolist()), tuple(int(x) for x in window.tolist()),
-                         tuple(int(x) for x in topk.tolist()), tuple(anchors), compensation,
+    ints = [tuple(int(x) for x in t.tolist()) for t in (routes, window, topk)]
+    return AttentionPlan(Geometry(*geom), ints[0], ints[1], ints[2], tuple(anchors), compensation,
                          LINEAR_KINDS[linear_kind], own_block, block, scale if scale > 0 else None)
 
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# On the GPU machine (the `run` tool, from the repo root, peers carried in .peers/ by bench/prepare_peers.sh):
+# GPU tests of the kernel and the op, then the bench; logs, JSON rows and the markdown table go to $OUT.
+#
+#   bash bench/run_gpu.sh [all|tests|bench]        SHAPES=wan13b_480p,wan14b_720p to pick bench shapes
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-bench_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+STAGE="${1:-all}"
+SHAPES="${SHAPES:-wan13b_480p,wan13b_480p_b2,wan14b_720p,wan22_5b_720p}"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+rc=0
+if [[ "$STAGE" == all || "$STAGE" == tests ]]; then
+    start=$(date +%s)
+    python3 -m pytest tests/test_kernels.py tests/test_ops.py -q -p no:cacheprovider -o addopts="-rs" \
+        --durations=8 2>&1 | tee "$OUT/tests.log"
+    rc=${PIPESTATUS[0]}
+    echo "run_gpu: tests exit $rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.log"
+fi
+if [[ "$STAGE" == all || "$STAGE" == bench ]]; then
+    python3 bench/bench_attention.py --shapes "$SHAPES" --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+exit "$rc"

@@ -1,0 +1,368 @@
+"""Fused SparseFlow forward: one Triton launch for the dense, sparse and linear heads of a call.
+
+docs/spec.md §5. Program (query tile, batch x head slot); slots are ordered heavy heads first. Each
+program reads its head's route, window and top-k from int32 tensors (runtime values: a schedule change
+never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumulation) after Triton's
+06-fused-attention tutorial:
+
+1. sparse heads derive their key-block ranges from the geometry scalars exactly as
+   `masks.key_block_ranges` does (prefix, anchor frames, temporal window, suffix), clipped by a sweep in
+   start order so a block covered by two ranges is computed once; no mask tensor, no scoring pass;
+   then the optional top-k blocks of the LUT, then the optional pooled compensation over the N block
+   means of the blocks skipped by both (logit + log n_j);
+2. dense heads, and every query block holding extra tokens (Rule E), walk all key blocks;
+3. pooled linear heads attend to the exact extra tokens, the exact tokens of their own frame in their own
+   block, and the segment means (frame f, block j) of their frame (logit + log n);
+   `feature` linear rows are written by `prepass.feature_linear` and skipped here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import configs
+from kernels.prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
+from sparseflow.inputs import check_qkv, to_bhld
+from sparseflow.masks import topk_lut
+from sparseflow.plan import LINEAR, SPARSE, AttentionPlan
+
+__all__ = ["compiled_variants", "fused_attention"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _clip(s, e, cur):
+    """Part of block range [s, e) past `cur` (sweep over ranges in start order); returns (start, count, cur)."""
+    s2 = tl.maximum(s, cur)
+    n = tl.maximum(e - s2, 0)
+    cur2 = tl.where(e > s, tl.maximum(cur, e), cur)
+    return s2, n, cur2
+
+
+@triton.jit
+def _frame_blocks(f_lo, f_hi, P, F, T, BLOCK: tl.constexpr):
+    """Half-open range of spec blocks holding tokens of frames [f_lo, f_hi] (clamped); (0, 0) if none."""
+    lo = tl.maximum(f_lo, 0)
+    hi = tl.minimum(f_hi, T - 1)
+    s = (P + lo * F) // BLOCK
+    e = (P + (hi + 1) * F + BLOCK - 1) // BLOCK
+    ok = lo <= hi
+    return tl.where(ok, s, 0), tl.where(ok, e, 0)
+
+
+@triton.jit
+def _anchor_piece(ANCHORS, IDX: tl.constexpr, fl, fh, off, P, F, T, BLOCK: tl.constexpr):
+    """Clipped block range of anchor IDX: taken in the pass before the window (a < fl) and after it (a > fh)."""
+    a = tl.load(ANCHORS + IDX)
+    live = (a >= 0) & (a < T) & (off == 0)
+    s, e = _frame_blocks(a, a, P, F, T, BLOCK)
+    below = live & (a < fl)
+    above = live & (a > fh)
+    return s, e, below, above
+
+
+@triton.jit
+def _op(x, UPCAST: tl.constexpr):
+    """A dot operand; fp32 under the CPU interpreter, whose bf16 tl.dot is wrong (triton 3.9)."""
+    if UPCAST:
+        return x.to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def _online_update(acc, m_i, l_i, qk, v):
+    """One online-softmax step on log2-domain logits qk (BLOCK_M, n) and values v (n, D)."""
+    m_ij = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_ij[:, None])
+    alpha = tl.math.exp2(m_i - m_ij)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, m_ij, l_i
+
+
+@triton.jit
+def _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale,
+              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
+    """Exact attention to keys [start_n, start_n + BLOCK_N), keys >= lim masked (lim = L, or 0 for none)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    kmask = offs_n < lim
+    k = _op(tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0), UPCAST)
+    qk = tl.dot(q, k) * qk_scale
+    qk = tl.where(kmask[None, :], qk, -1.0e30)
+    v = _op(tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0), UPCAST)
+    return _online_update(acc, m_i, l_i, qk, v)
+
+
+def _fused_fwd_kernel(
+    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT,
+    ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
+    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
+    qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """O[b, h, rows of one query tile] = SparseFlow attention (spec §5); see the module docstring."""
+    tl.static_assert(BLOCK % BLOCK_M == 0)
+    tl.static_assert(BLOCK % BLOCK_N == 0)
+    tl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)
+    R: tl.constexpr = BLOCK // BLOCK_N
+    NEG: tl.constexpr = -1.0e30
+
+    # -- which (batch, head, query block) this program owns
+    pid_m = tl.program_id(0)
+    slot = tl.program_id(1)
+    h = tl.load(HEAD_ORDER + slot // BATCH)
+    b = slot % BATCH
+    route = tl.load(ROUTES + h)
+    window = tl.load(WINDOW + h)
+    topk = tl.load(TOPK + h)
+    h64 = h.to(tl.int64)
+    b64 = b.to(tl.int64)
+    i = (pid_m * BLOCK_M) // BLOCK
+    t0 = i * BLOCK
+    t1 = tl.minimum(t0 + BLOCK, L)
+    VE = P + T * F
+    has_extra = (t0 < P) | (t1 > VE)
+    eff = tl.where(has_extra, 0, route)  # Rule E: extra-token query blocks are dense
+    flo = (tl.maximum(t0, P) - P) // F
+    fhi = (tl.minimum(t1, VE) - 1 - P) // F
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = _op(tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                    mask=offs_m[:, None] < L, other=0.0), UPCAST)
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
+    m_i = tl.full([BLOCK_M], NEG, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    lut_row = LUT + ((b64 * HEADS + h64) * N + i) * KL
+
+    if eff != 2:
+        # -- structural ranges (dense: one range over all blocks), sorted by start, clipped by a sweep
+        is_dense = eff == 0
+        off = (is_dense | (LUT_ONLY != 0)).to(tl.int32)
+        fl = tl.maximum(flo - window, 0)
+        fh = tl.minimum(fhi + window, T - 1)
+        ws, we = _frame_blocks(fl, fh, P, F, T, BLOCK)
+        ws = tl.where(is_dense, 0, ws)
+        we = tl.where(is_dense, N, tl.where(LUT_ONLY != 0, ws, we))
+        pe = tl.where((off != 0) | (P == 0), 0, (P + BLOCK - 1) // BLOCK)
+        ss = VE // BLOCK
+        se = tl.where((off != 0) | (VE >= L), ss, N)
+        a0s, a0e, a0b, a0a = _anchor_piece(ANCHORS, 0, fl, fh, off, P, F, T, BLOCK)
+        a1s, a1e, a1b, a1a = _anchor_piece(ANCHORS, 1, fl, fh, off, P, F, T, BLOCK)
+        a2s, a2e, a2b, a2a = _anchor_piece(ANCHORS, 2, fl, fh, off, P, F, T, BLOCK)
+        a3s, a3e, a3b, a3a = _anchor_piece(ANCHORS, 3, fl, fh, off, P, F, T, BLOCK)
+        cur = pe * 0
+        s0, n0, cur = _clip(cur, pe, cur)
+        s1, n1, cur = _clip(a0s, tl.where(a0b, a0e, a0s), cur)
+        s2, n2, cur = _clip(a1s, tl.where(a1b, a1e, a1s), cur)
+        s3, n3, cur = _clip(a2s, tl.where(a2b, a2e, a2s), cur)
+        s4, n4, cur = _clip(a3s, tl.where(a3b, a3e, a3s), cur)
+        s5, n5, cur = _clip(ws, we, cur)
+        u1, m1, cur = _clip(a0s, tl.where(a0a, a0e, a0s), cur)
+        u2, m2, cur = _clip(a1s, tl.where(a1a, a1e, a1s), cur)
+        u3, m3, cur = _clip(a2s, tl.where(a2a, a2e, a2s), cur)
+        u4, m4, cur = _clip(a3s, tl.where(a3a, a3e, a3s), cur)
+        s6, n6, cur = _clip(ss, se, cur)
+        # an anchor is either before or after the window: one piece slot each
+        s1 = tl.where(a0b, s1, u1)
+        n1 = n1 + m1
+        s2 = tl.where(a1b, s2, u2)
+        n2 = n2 + m2
+        s3 = tl.where(a2b, s3, u3)
+        n3 = n3 + m3
+        s4 = tl.where(a3b, s4, u4)
+        n4 = n4 + m4
+        n_struct = (n0 + n1 + n2 + n3 + n4 + n5 + n6) * R
+
+        # -- structural key tiles: tile -> (piece, block) by a chain over the piece counts
+        for it in range(0, n_struct):
+            c = it // R
+            blk = s0 + c
+            c = c - n0
+            blk = tl.where(c >= 0, s1 + c, blk)
+            c = c - n1
+            blk = tl.where(c >= 0, s2 + c, blk)
+            c = c - n2
+            blk = tl.where(c >= 0, s3 + c, blk)
+            c = c - n3
+            blk = tl.where(c >= 0, s4 + c, blk)
+            c = c - n4
+            blk = tl.where(c >= 0, s5 + c, blk)
+            c = c - n5
+            blk = tl.where(c >= 0, s6 + c, blk)
+            start_n = blk * BLOCK + (it % R) * BLOCK_N
+            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, start_n, L,
+                                      qk_scale, BLOCK_N, HEAD_DIM, UPCAST)
+
+        # -- top-k key blocks from the LUT (disjoint from the structural set by construction)
+        kq = tl.where(eff == 1, tl.minimum(topk, KL), 0)
+        for it in range(0, kq * R):
+            sel = tl.load(lut_row + it // R)
+            start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
+            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, start_n,
+                                      tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM, UPCAST)
+
+        # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
+        n_comp = tl.where((eff == 1) & (COMP != 0), (N + BLOCK_N - 1) // BLOCK_N, 0)
+        for it in range(0, n_comp):
+            j = it * BLOCK_N + tl.arange(0, BLOCK_N)
+            inside = ((j >= s0) & (j < s0 + n0)) | ((j >= s1) & (j < s1 + n1)) | ((j >= s2) & (j < s2 + n2))
+            inside = inside | ((j >= s3) & (j < s3 + n3)) | ((j >= s4) & (j < s4 + n4))
+            inside = inside | ((j >= s5) & (j < s5 + n5)) | ((j >= s6) & (j < s6 + n6))
+            skip = (j < N) & (~inside)
+            for kk in range(0, kq):
+                skip = skip & (j != tl.load(lut_row + kk))
+            cnt = tl.minimum(L - j * BLOCK, BLOCK)
+            log2n = tl.log2(tl.maximum(cnt, 1).to(tl.float32))
+            pool = (b64 * HEADS + h64) * N + j
+            kb = _op(tl.load(BKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=skip[None, :], other=0.0), UPCAST)
+            qk = tl.dot(q, kb) * qk_scale + log2n[None, :]
+            qk = tl.where(skip[None, :], qk, NEG)
+            vb = _op(tl.load(BVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=skip[:, None], other=0.0), UPCAST)
+            acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
+    else:
+        # -- linear (pooled): exact extra tokens and own-frame tokens of the own block
+        pooled = FEATURE == 0
+        qf = (offs_m - P) // F
+        n_pre = tl.where(pooled, (P + BLOCK_N - 1) // BLOCK_N, 0)
+        n_own = tl.where(pooled & (OWN != 0), R, 0)
+        suf0 = (VE // BLOCK_N) * BLOCK_N
+        n_suf = tl.where(pooled & (VE < L), (L - suf0 + BLOCK_N - 1) // BLOCK_N, 0)
+        for it in range(0, n_pre + n_own + n_suf):
+            in_own = (it >= n_pre) & (it < n_pre + n_own)
+            start_n = tl.where(it < n_pre, it * BLOCK_N,
+                               tl.where(in_own, t0 + (it - n_pre) * BLOCK_N, suf0 + (it - n_pre - n_own) * BLOCK_N))
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kf = (offs_n - P) // F
+            extra_k = (offs_n < P) | ((offs_n >= VE) & (offs_n < L))
+            own_k = (offs_n < t1)[None, :] & (kf[None, :] == qf[:, None])
+            allow = tl.where(in_own, own_k, extra_k[None, :])
+            kmask = offs_n < L
+            k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0)
+            qk = tl.where(allow, tl.dot(q, _op(k, UPCAST)) * qk_scale, NEG)
+            v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            v = _op(v, UPCAST)
+            acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, v)
+        # -- pooled segments (frame f, block j) of the query's frame, logit + log2(n)
+        g0 = tl.load(FRAME_FIRST + flo)
+        g1 = tl.load(FRAME_FIRST + fhi + 1)
+        n_seg = tl.where(pooled, (g1 - g0 + BLOCK_N - 1) // BLOCK_N, 0)
+        for it in range(0, n_seg):
+            sidx = g0 + it * BLOCK_N + tl.arange(0, BLOCK_N)
+            smask = sidx < g1
+            sf = tl.load(SEG_FRAME + sidx, mask=smask, other=-1)
+            sb = tl.load(SEG_BLOCK + sidx, mask=smask, other=-1)
+            lg = tl.load(SEG_LOG2N + sidx, mask=smask, other=0.0)
+            allow = (sf[None, :] == qf[:, None]) & (sb != tl.where(OWN != 0, i, -2))[None, :]
+            pool = (b64 * HEADS + h64) * NSEG + sidx
+            kb = _op(tl.load(SKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=smask[None, :], other=0.0), UPCAST)
+            qk = tl.where(allow, tl.dot(q, kb) * qk_scale + lg[None, :], NEG)
+            vb = _op(tl.load(SVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=smask[:, None], other=0.0), UPCAST)
+            acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
+
+    # -- epilogue: normalise and store in O's dtype and layout (feature-linear rows belong to the pre-pass)
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_i[:, None]
+    row_end = tl.where((eff == 2) & (FEATURE != 0), 0, L)
+    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < row_end)
+
+
+_RUNTIME_INTS = ["L", "P", "T", "F", "N", "NSEG", "KL", "COMP", "OWN", "FEATURE", "LUT_ONLY", "BATCH", "HEADS"]
+_jit_kernel = triton.jit(do_not_specialize=_RUNTIME_INTS)(_fused_fwd_kernel)  # the kernel, jitted once
+_tuned_kernel = None
+
+
+def _kernel():
+    """The autotuned kernel on a GPU; the plain jit kernel (one fixed config) under TRITON_INTERPRET=1."""
+    global _tuned_kernel
+    if configs.INTERPRET:
+        return _jit_kernel
+    if _tuned_kernel is None:
+        _tuned_kernel = triton.autotune(configs=configs.autotune_configs(), key=configs.AUTOTUNE_KEY,
+                                        prune_configs_by={"early_config_prune": configs.keep})(_jit_kernel)
+    return _tuned_kernel
+
+
+def compiled_variants() -> int:
+    """Number of compiled variants of the fused kernel in this process (all devices, all configs)."""
+    caches = getattr(_jit_kernel, "device_caches", {})
+    return sum(len(entry[0]) for entry in caches.values())
+
+
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
+                    heads: int | None = None, lut: torch.Tensor | None = None, _lut_only: bool = False) -> torch.Tensor:
+    """SparseFlow attention of one call in one fused Triton launch (plus the small pre-pass).
+
+    Same contract as `sparseflow.reference.reference_attention`: (B, H, L, D) or (B, L, H*D) with `heads`,
+    fp16/bf16, D in {64, 128}; returns q's layout and dtype. `lut` is the (B, H, N, K) top-k LUT of
+    `masks.topk_lut` (computed when None and a sparse head has topk > 0). `_lut_only` (bench only) makes
+    sparse heads compute just the LUT's blocks, to time a given random block mask.
+    """
+    bsz, nh, length, d = check_qkv(q, k, v, plan, heads, op="fused_attention")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"fused_attention: q dtype must be float16 or bfloat16, got {q.dtype}")
+    g, block = plan.geometry, plan.block
+    dev = q.device
+    qb, kb, vb = (_unit_stride(to_bhld(t, nh)) for t in (q, k, v))
+    out = torch.empty_like(q) if q.stride(-1) == 1 else torch.empty(q.shape, dtype=q.dtype, device=dev)
+    ob = to_bhld(out, nh)
+    tabs = geometry_tables(g, block, dev)
+    pt = plan_tensors(plan, dev)
+    sparse_heads = [h for h, r in enumerate(plan.routes) if r == SPARSE]
+    linear_heads = [h for h, r in enumerate(plan.routes) if r == LINEAR]
+    pooled_linear = plan.linear_kind == "pooled"
+
+    if lut is None and any(plan.topk[h] for h in sparse_heads):
+        lut = topk_lut(qb, kb, plan)
+    if lut is None:
+        lut_t, kl = torch.full((1,), -1, dtype=torch.int32, device=dev), 0
+    else:
+        lut_t, kl = lut.to(device=dev, dtype=torch.int32).contiguous(), lut.shape[-1]
+        if lut_t.shape[:3] != (bsz, nh, tabs.n):
+            raise ValueError(f"fused_attention: lut shape {tuple(lut.shape)} must be ({bsz}, {nh}, {tabs.n}, K)")
+    if plan.compensation and sparse_heads:
+        bkm, bvm = pooled_means(kb, vb, tabs.blk_start, tabs.blk_stop, sparse_heads, block)
+    else:
+        bkm = bvm = qb.new_empty(1)
+    if pooled_linear and linear_heads:
+        skm, svm = pooled_means(kb, vb, tabs.seg_start, tabs.seg_stop, linear_heads, block)
+    else:
+        skm = svm = qb.new_empty(1)
+    if not pooled_linear and linear_heads:
+        feature_linear(qb, kb, vb, plan, linear_heads, ob)
+
+    qk_scale = plan.softmax_scale(d) * _LOG2E
+    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, pt["routes"], pt["window"], pt["topk"], pt["head_order"],
+            pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
+            qb.stride(0), qb.stride(1), qb.stride(2), kb.stride(0), kb.stride(1), kb.stride(2),
+            vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
+            qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
+            int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
+    kern = _kernel()
+    if configs.INTERPRET:
+        cfg = configs.interpret_config()
+        grid = (math.ceil(length / cfg["BLOCK_M"]), bsz * nh)
+        kern[grid](*args, HEAD_DIM=d, BLOCK=block, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], UPCAST=True,
+                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    else:
+        def grid(meta):
+            return (triton.cdiv(length, meta["BLOCK_M"]), bsz * nh)
+        kern[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False)
+    return out

@@ -1,0 +1,103 @@
+"""The public op: backend selection says why, explicit backends that cannot run raise, torch.compile sees no break."""
+
+import logging
+
+import pytest
+import torch
+
+from sparseflow import ops
+from sparseflow.geometry import Geometry
+from sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan
+from sparseflow.reference import reference_attention
+
+G = Geometry(frames=3, height=4, width=8, prefix=5)  # L = 101
+PLAN = AttentionPlan(G, (SPARSE, DENSE, LINEAR), (0, 0, 0), (1, 0, 0), anchors=(0,), compensation=True, block=64)
+
+
+def _qkv(dtype=torch.float32, layout="bhld"):
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 3, G.length, 64, generator=gen, dtype=dtype) for _ in range(3)]
+    if layout == "blhd":
+        xs = [x.transpose(1, 2).reshape(2, G.length, 3 * 64).contiguous() for x in xs]
+    return xs
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend():
+    ops.use_backend("auto")
+    yield
+    ops.use_backend("auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal; the GPU run uses triton")
+def test_cpu_refuses_triton_with_a_reason_and_auto_runs_the_reference(caplog):
+    reasons = ops.available_backends()
+    assert reasons["reference"] is None
+    assert "no CUDA device" in reasons["triton"]
+    q, k, v = _qkv()
+    ops._logged.clear()
+    with caplog.at_level(logging.INFO, logger="sparseflow.ops"):
+        assert ops.backend_for(q, PLAN) == "reference"
+        ops.backend_for(q, PLAN)
+    lines = [r.getMessage() for r in caplog.records if "runs on reference" in r.getMessage()]
+    assert len(lines) == 1 and "triton refused: triton: no CUDA device" in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal; the GPU run uses triton")
+def test_explicit_triton_on_cpu_raises_value_error_with_reasons():
+    with pytest.raises(ValueError, match="no CUDA device"):
+        ops.use_backend("triton")
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="backend 'triton' cannot run"):
+        ops.attention(q, k, v, PLAN, backend="triton")
+
+
+def test_unknown_backend_raises_value_error():
+    with pytest.raises(ValueError, match="backend must be"):
+        ops.use_backend("cuda")
+
+
+@pytest.mark.parametrize("layout", ["bhld", "blhd"])
+def test_attention_equals_reference_in_both_layouts(layout):
+    q, k, v = _qkv(layout=layout)
+    heads = 3 if layout == "blhd" else None
+    out = ops.attention(q, k, v, PLAN, heads=heads, backend="reference")
+    ref = reference_attention(q, k, v, PLAN, heads=heads)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU compile path; GPU compile is covered by the bench")
+def test_custom_op_compiles_fullgraph_with_reference_backend():
+    q, k, v = _qkv(layout="blhd")
+
+    def block(q, k, v):
+        return ops.attention(q * 1.0, k, v, PLAN, heads=3, backend="reference") + 1.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v)
+    torch.testing.assert_close(out, reference_attention(q, k, v, PLAN, heads=3) + 1.0)
+
+
+def test_fake_impl_gives_shape_and_dtype_without_running():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(1, G.length, 3 * 64, dtype=torch.bfloat16)
+        out = ops.attention(q, q, q, PLAN, heads=3, backend="reference")
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+
+
+def test_bad_inputs_raise_value_error_naming_the_argument():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="rank"):
+        ops.attention(q[0, 0], k, v, PLAN)
+    with pytest.raises(ValueError, match="k shape"):
+        ops.attention(q, k[:, :, :-1], v, PLAN)
+    with pytest.raises(ValueError, match="heads"):
+        ops.attention(q, k, v, uniform_plan(G, 2, block=64))
+    with pytest.raises(ValueError, match="tokens"):
+        ops.attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], PLAN)
+    with pytest.raises(ValueError, match="not divisible"):
+        ops.attention(*_qkv(layout="blhd"), PLAN, heads=5)
