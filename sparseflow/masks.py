@@ -161,19 +161,31 @@ def topk_lut(q: torch.Tensor, k: torch.Tensor, plan: AttentionPlan) -> torch.Ten
     return lut
 
 
-def _linear_pairs(plan: AttentionPlan, i: int) -> int:
-    g, block = plan.geometry, plan.block
+@lru_cache(maxsize=1024)
+def _sparse_pairs(geometry: Geometry, block: int, window: int, anchors: tuple[int, ...]) -> int:
+    n = num_blocks(geometry.length, block)
+    return sum(e - s for i in range(n) for s, e in key_block_ranges(geometry, block, i, window, anchors))
+
+
+@lru_cache(maxsize=256)
+def _linear_pairs(geometry: Geometry, block: int, kind: str) -> int:
+    """Pair-equivalents of one linear head over all query blocks (spec §6)."""
+    g = geometry
     tab = block_tables(g, block)
-    if tab.has_extra[i]:
-        return tab.n
     extra = sum(e - s for s, e in _extra_ranges(g, block))
-    if plan.linear_kind == "feature":
-        return 2 + extra  # phi(q) S and phi(q) z: D/block of a pair each, rounded up, plus the state pass
-    segments = 0
-    for f in range(tab.flo[i], tab.fhi[i] + 1):
-        s, e = frame_block_range(g, block, f, f)
-        segments += e - s
-    return 1 + extra + math.ceil(segments / block)
+    total = 0
+    for i in range(tab.n):
+        if tab.has_extra[i]:
+            total += tab.n
+        elif kind == "feature":
+            total += 2 + extra  # phi(q) S and phi(q) z: D/block of a pair each, rounded up, plus the state pass
+        else:
+            segments = 0
+            for f in range(tab.flo[i], tab.fhi[i] + 1):
+                s, e = frame_block_range(g, block, f, f)
+                segments += e - s
+            total += 1 + extra + math.ceil(segments / block)
+    return total
 
 
 def pair_counts(plan: AttentionPlan, lut: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
@@ -181,25 +193,27 @@ def pair_counts(plan: AttentionPlan, lut: torch.Tensor | None = None) -> tuple[l
 
     Computed pairs count real key blocks only (spec §6 density). The cost adds the pooled compensation
     pass (ceil(N/block) pairs per query block) and the linear routes' state reads, and is what
-    calibration minimises. With a LUT, top-k pairs are counted from batch element 0.
+    calibration minimises. With a LUT, top-k pairs are counted from batch element 0. The structural
+    counts are cached per (geometry, block, window, anchors): this runs on every patched call.
     """
     g, block = plan.geometry, plan.block
     n = num_blocks(g.length, block)
     comp_cost = math.ceil(n / block)
     pairs, cost = [], []
+    lut_pairs = (lut[0] >= 0).sum(dim=(1, 2)).tolist() if lut is not None else None
     for h, (route, window) in enumerate(zip(plan.routes, plan.window)):
         if route == DENSE:
             pairs.append(n * n)
             cost.append(n * n)
         elif route == SPARSE:
-            p = sum(e - s for i in range(n) for s, e in key_block_ranges(g, block, i, window, plan.live_anchors))
-            if lut is not None:
-                p += int((lut[0, h] >= 0).sum())
+            p = _sparse_pairs(g, block, window, plan.live_anchors)
+            if lut_pairs is not None:
+                p += int(lut_pairs[h])
             pairs.append(p)
             cost.append(p + (n * comp_cost if plan.compensation else 0))
         else:
             assert route == LINEAR
-            c = sum(_linear_pairs(plan, i) for i in range(n))
+            c = _linear_pairs(g, block, plan.linear_kind)
             pairs.append(c)
             cost.append(c)
     return pairs, cost

@@ -38,10 +38,19 @@ def test_no_source_file_in_core_or_kernels_mentions_a_comfy_import():
     assert not bad, bad
 
 
+def _repo_python_files() -> list[Path]:
+    """Tracked and untracked-but-not-ignored .py files (git-ignored carry folders hold others' code)."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:  # not a git checkout (e.g. an installed copy): scan our own folders only
+        return [p for d in ("sparseflow", "kernels", "nodes", "bench", "tests") for p in (ROOT / d).rglob("*.py")]
+    return [ROOT / line for line in out.stdout.splitlines() if (ROOT / line).exists()]
+
+
 def test_nothing_in_the_repo_loads_pickles():
     bad = []
-    for path in ROOT.rglob("*.py"):
-        if ".peers" in path.parts or ".git" in path.parts or path.parts[-2:] == ("tests", "test_routing.py"):
+    for path in _repo_python_files():
+        if path.parts[-2:] == ("tests", "test_routing.py"):
             continue
         text = path.read_text()
         for needle in ("torch.load(", "pickle.load", "import pickle", "cPickle"):

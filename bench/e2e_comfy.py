@@ -1,0 +1,358 @@
+"""End-to-end Wan sampling speed in real ComfyUI: SparseFlow vs default attention, Sage and core sol_attn.
+
+Runs in-process on the GPU machine (issue 7): imports ComfyUI 0.3.64 (bench/e2e/boot.py), builds a
+full-size random-weight Wan checkpoint in the real key format on the GPU (bench/e2e/checkpoints.py),
+loads it through `comfy.sd.load_diffusion_model_state_dict` (ComfyUI's detection picks the class), and
+samples it with `comfy.sample.sample` (euler / simple, CFG 5 with cond+uncond in one batch, fixed seed,
+random (1, 512, 4096) contexts instead of a text encoder) once per configuration:
+
+  default          ComfyUI's startup attention (on CUDA: attention_pytorch, SDPA with cuDNN first)
+  sage             every attention call through ComfyUI's attention_sage (what --use-sage-attention does)
+  sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (bench/e2e/overrides.py)
+  sparseflow       nodes/patch.py apply_sparseflow: default schedule and routing presets, backend triton
+  sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
+  <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
+
+Per configuration: seconds per step (mean of steps 1.., step 0 holds warm-up/compile/autotune), total,
+speed-up vs default, peak GPU memory, first-step overhead, calibration time, relative error of the final
+latent vs the default run, and (eager runs) the step-time breakdown of bench/e2e/timing.py. Results go
+to <out>/e2e_<model><tag>.json (after every configuration) and a markdown table to stdout.
+
+GPU:  bash bench/run_e2e_gpu.sh wan21_1.3b        (see that script for the carry list)
+CPU:  python3 bench/e2e_comfy.py --tiny           (same code path, tiny checkpoint, reference backend)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `bench.e2e.*`
+
+from bench.e2e import boot  # noqa: E402
+from bench.e2e.checkpoints import MODELS, build_state_dict  # noqa: E402
+from bench.e2e.timing import Breakdown, StepTimer  # noqa: E402
+
+log = logging.getLogger("sparseflow.bench.e2e")
+
+BASE_CONFIGS = ("default", "sage", "sol_attn", "sparseflow", "sparseflow_cal")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(boot.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _bytes_by_dtype(module: torch.nn.Module) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in module.parameters():
+        out[str(p.dtype)] = out.get(str(p.dtype), 0.0) + p.numel() * p.element_size() / 2**30
+    return out
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+class Bench:
+    """One model, loaded once; `run(config)` samples it with one attention configuration."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cuda = not args.tiny
+        self.comfy = boot.import_comfy(cpu=args.tiny)
+        self.pack = boot.import_pack()
+        from SparseFlow.nodes import patch as sf_patch  # noqa: E402  (the pack, loaded as a package)
+
+        self.sf_patch = sf_patch
+        self.bench = MODELS[args.model]
+        self.device = self.comfy.model_management.get_torch_device()
+        self.family = "wan2.2-5b" if self.bench.latent[0] == 48 else "wan2.1"
+        self.backend = args.backend or ("reference" if args.tiny else "triton")
+        self.results: list[dict] = []
+        self.reference_latent: torch.Tensor | None = None
+        self.default_step: float | None = None
+        self.default_peak: float | None = None
+        self._calibrated = None
+
+    # -- setup --------------------------------------------------------------------------------------------
+    def load(self) -> dict:
+        t0 = time.perf_counter()
+        sd = build_state_dict(self.bench, self.device, dtype=torch.bfloat16, seed=self.args.seed)
+        _sync(self.cuda)
+        built = time.perf_counter() - t0
+        options = {"dtype": getattr(torch, self.args.dtype)} if self.args.dtype else {}
+        self.model = self.comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+        del sd
+        if self.cuda:
+            torch.cuda.empty_cache()
+        cls = type(self.model.model.model_config).__name__
+        if cls != self.bench.expected_class:
+            raise RuntimeError(f"detection picked {cls}, expected {self.bench.expected_class}")
+        self.comfy.model_management.load_models_gpu([self.model])
+        _sync(self.cuda)
+        c, t, h, w = self.bench.latent
+        self.latent = self.comfy.sample.fix_empty_latent_channels(self.model, torch.zeros(1, c, t, h, w))
+        g = torch.Generator().manual_seed(self.args.seed + 1)
+        self.positive = [[torch.randn(1, 512, 4096, generator=g), {}]]
+        self.negative = [[torch.randn(1, 512, 4096, generator=g), {}]]
+        dm = self.model.get_model_object("diffusion_model")
+        info = {"model": self.bench.name, "class": cls, "dim": self.bench.dim, "layers": self.bench.layers,
+                "heads": self.bench.heads, "ffn": self.bench.ffn_dim, "latent": list(self.bench.latent),
+                "video": self.bench.video, "tokens": self.bench.tokens,
+                "dtype": str(self.model.model.get_dtype()), "weights_device": str(next(dm.parameters()).device),
+                "param_gib_by_dtype": _bytes_by_dtype(dm),
+                "weights_gib": sum(p.numel() * p.element_size() for p in dm.parameters()) / 2**30,
+                "fully_loaded": bool(self.model.loaded_size() >= self.model.model_size() * 0.999),
+                "build_and_load_s": time.perf_counter() - t0, "build_s": built}
+        log.info("loaded %s", info)
+        return info
+
+    # -- configurations ------------------------------------------------------------------------------------
+    def _patched(self, name: str):
+        base = name.split("+")[0]
+        m = self.model.clone()
+        notes: dict = {}
+        if base == "sage":
+            from bench.e2e.overrides import install_sage
+            install_sage(m, self.comfy)
+        elif base == "sol_attn":
+            from bench.e2e.overrides import install_sol_attn
+            notes["sol_patch"] = install_sol_attn(m)
+            notes["sigma_window"] = [notes["sol_patch"].sigma_end, notes["sol_patch"].sigma_start]
+        elif base == "sparseflow":
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend)
+        elif base == "sparseflow_cal":
+            rmap, seconds, report = self._calibration()
+            notes["calibration_s"] = seconds
+            notes["calibration"] = report
+            m = self.sf_patch.apply_sparseflow(m, routing=rmap, backend=self.backend)
+        elif base != "default":
+            raise ValueError(f"unknown configuration {name!r}")
+        if name.endswith("+compile"):
+            self.comfy.torch_compile.set_torch_compile_wrapper(model=m, backend="inductor")
+        return m, notes
+
+    def _calibration(self):
+        a = self.args
+        if self._calibrated is None and a.calibrate_with == "node":
+            # the SparseFlow Calibrate node's own function: dense sampling of all steps, reference operator
+            from SparseFlow.nodes import calibrate as sf_calibrate
+            _sync(self.cuda)
+            t0 = time.perf_counter()
+            rmap, report = sf_calibrate.calibrate_model(self.model, self.positive, self.negative,
+                                                        {"samples": self.latent}, steps=a.steps, cfg=a.cfg,
+                                                        seed=a.seed, sampler_name=a.sampler, scheduler=a.scheduler,
+                                                        budget=a.budget)
+            _sync(self.cuda)
+            self._calibrated = (rmap, time.perf_counter() - t0, report.split("\n")[:3])
+            return self._calibrated
+        if self._calibrated is None:
+            from bench.e2e.calibration import calibrate_routing
+            self._calibrated = calibrate_routing(self.comfy, self.model, self.bench, self.latent, self.positive,
+                                                 self.negative, seed=a.seed, cfg=a.cfg, sampler=a.sampler,
+                                                 scheduler=a.scheduler, steps=a.steps, budget=a.budget,
+                                                 backend=self.backend, family=self.family)
+            return self._calibrated
+        rmap, _, report = self._calibrated
+        return rmap, 0.0, report   # already paid by the eager run
+
+    def run(self, name: str) -> dict:
+        a = self.args
+        row: dict = {"config": name, "compile": name.endswith("+compile")}
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            m, notes = self._patched(name)
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            timer = StepTimer(self.cuda)
+            noise = self.comfy.sample.prepare_noise(self.latent, a.seed)
+            breakdown = None
+            if not row["compile"] and ("all" in a.breakdown or name.split("+")[0] in a.breakdown):
+                breakdown = Breakdown(m.get_model_object("diffusion_model"), self.comfy.wan_model, self.cuda)
+            _sync(self.cuda)
+            t0 = time.perf_counter()
+            timer.start()
+            if breakdown is not None:
+                with breakdown:
+                    out = self.comfy.sample.sample(m, noise, a.steps, a.cfg, a.sampler, a.scheduler, self.positive,
+                                                   self.negative, self.latent, callback=timer, disable_pbar=True,
+                                                   seed=a.seed)
+            else:
+                out = self.comfy.sample.sample(m, noise, a.steps, a.cfg, a.sampler, a.scheduler, self.positive,
+                                               self.negative, self.latent, callback=timer, disable_pbar=True,
+                                               seed=a.seed)
+            _sync(self.cuda)
+            total = time.perf_counter() - t0
+            steps = timer.step_seconds()
+            timed = steps[1:] if len(steps) > 1 else steps
+            row.update(status="ok", steps=steps, s_per_step=statistics.mean(timed), total_s=total,
+                       first_step_overhead_s=steps[0] - statistics.mean(timed),
+                       peak_gib=torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None,
+                       finite=bool(torch.isfinite(out).all()))
+            out = out.float()
+            if name == "default":
+                self.reference_latent = out
+                self.default_step = row["s_per_step"]
+                self.default_peak = row["peak_gib"]
+            if self.reference_latent is not None:
+                ref = self.reference_latent
+                row["rel_err"] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+            if self.default_step:
+                row["speedup"] = self.default_step / row["s_per_step"]
+            if self.default_peak and row["peak_gib"] is not None:
+                row["peak_vs_default_pct"] = 100.0 * (row["peak_gib"] / self.default_peak - 1.0)
+            if "calibration_s" in notes:
+                row["calibration_s"] = notes["calibration_s"]
+                row["calibration"] = notes["calibration"]
+            if "sol_patch" in notes:
+                row["sol_attn_calls"] = dict(notes["sol_patch"].counts)
+                row["sol_attn_sigma_window"] = notes["sigma_window"]
+            state = m.model_options.get("transformer_options", {}).get("sparseflow")
+            if state is not None:
+                row["sparseflow_summary"] = getattr(state, "last_summary", "")
+            if row["compile"]:
+                from torch._dynamo.utils import counters
+                row["dynamo"] = {"unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+                                 "graph_breaks": int(sum(counters["graph_break"].values())),
+                                 "break_reasons": sorted(counters["graph_break"])[:8]}
+            if breakdown is not None:
+                calls = breakdown.per_call()
+                use = calls[1:] if len(calls) > 1 else calls
+                row["breakdown_s"] = {k: statistics.mean(c[k] for c in use) for k in use[0]} if use else {}
+                row["breakdown_calls"] = len(calls)
+            del m
+        except Exception as e:  # noqa: BLE001 - one failing configuration must not stop the others
+            row.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            log.error("%s failed: %s", name, row["error"])
+        self.results.append(row)
+        log.info("%s: %s", name, {k: v for k, v in row.items() if k not in ("traceback",)})
+        return row
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+def _f(x, fmt: str) -> str:
+    if x is None:
+        return ""
+    return format(x, fmt[:-1]) + "%" if fmt.endswith("%") else format(x, fmt)
+
+
+def table(info: dict, rows: list[dict]) -> str:
+    lines = [f"### {info['model']} ({info['class']}, {info['video']}, latent {tuple(info['latent'])}, "
+             f"{info['tokens']} tokens, {info['layers']} layers x {info['heads']} heads)",
+             "",
+             "| configuration | s/step | total s | speed-up | peak GiB | peak vs default | first-step overhead s "
+             "| calibration s | rel. err vs default |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['config']} | {r.get('status')}: {r.get('error', '')[:120]} |||||||")
+            continue
+        lines.append("| " + " | ".join([
+            r["config"], _f(r["s_per_step"], ".3f"), _f(r["total_s"], ".1f"), _f(r.get("speedup"), ".2f") + "x",
+            _f(r.get("peak_gib"), ".1f"), _f(r.get("peak_vs_default_pct"), "+.1f%"),
+            _f(r["first_step_overhead_s"], ".1f"), _f(r.get("calibration_s"), ".1f"),
+            _f(r.get("rel_err"), ".3g")]) + " |")
+    notes = []
+    for r in rows:
+        if r.get("sparseflow_summary"):
+            notes.append(f"- {r['config']}: {r['sparseflow_summary']}")
+        if r.get("sol_attn_calls"):
+            notes.append(f"- {r['config']}: self-attention calls sparse {r['sol_attn_calls']['sparse']}, dense "
+                         f"{r['sol_attn_calls']['dense']} (sigma window {r['sol_attn_sigma_window']})")
+        if r.get("calibration"):
+            notes.append(f"- {r['config']}: " + "; ".join(r["calibration"]))
+        if r.get("dynamo"):
+            notes.append(f"- {r['config']}: dynamo counters so far in the process {r['dynamo']}")
+    if notes:
+        lines += [""] + notes
+    bd = [r for r in rows if r.get("breakdown_s")]
+    if bd:
+        parts = Breakdown.PARTS
+        lines += ["", "Step-time breakdown (ms per model call = per step, CFG batch of 2; mean of steps 1..):", "",
+                  "| configuration | forward | " + " | ".join(parts) + " |",
+                  "|---|---|" + "---|" * len(parts)]
+        for r in bd:
+            b = r["breakdown_s"]
+            lines.append(f"| {r['config']} | {b['forward'] * 1e3:.0f} | "
+                         + " | ".join(f"{b[p] * 1e3:.0f} ({100 * b[p] / b['forward']:.0f}%)" for p in parts) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="wan21_1.3b", choices=[k for k in MODELS if k != "tiny"])
+    p.add_argument("--tiny", action="store_true", help="CPU development run: tiny checkpoint, reference backend")
+    p.add_argument("--configs", default=",".join(BASE_CONFIGS),
+                   help="comma-separated; append +compile for TorchCompileModel (e.g. default+compile)")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--scheduler", default="simple")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="weight dtype (UNETLoader model_options); default: ComfyUI's own choice, which is float16 "
+                        "for Wan 2.1/2.2 on an H100 in 0.3.64 (supported_models lists fp16 first)")
+    p.add_argument("--budget", type=float, default=0.05, help="calibration error budget per head")
+    p.add_argument("--calibrate-with", default="bench", choices=["bench", "node"],
+                   help="bench: first step only, scored with the triton op (bench/e2e/calibration.py); node: "
+                        "nodes/calibrate.py calibrate_model (all steps sampled densely, 2 measured, reference op)")
+    p.add_argument("--backend", default=None, help="SparseFlow backend (default triton, reference with --tiny)")
+    p.add_argument("--breakdown", default="all",
+                   help="eager configurations that get the CUDA-event breakdown hooks ('all', or a comma list; "
+                        "give every compared configuration the same hooks so their s/step stay comparable)")
+    p.add_argument("--tag", default="", help="suffix of the output file names (several runs of one model)")
+    p.add_argument("--out", default=os.environ.get("OUT", str(boot.REPO / "bench" / "e2e_out")))
+    a = p.parse_args()
+    if a.tiny:
+        a.model = "tiny"
+    a.breakdown = [x for x in a.breakdown.split(",") if x]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
+    bench = Bench(a)
+    info = bench.load()
+    configs = [c for c in a.configs.split(",") if c]
+    if "default" in configs:  # the reference for speed-up, memory and error runs first
+        configs.remove("default")
+        configs.insert(0, "default")
+    env = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+           "torch": torch.__version__, "python": platform.python_version(), "comfyui": bench.comfy.version,
+           "commit": os.environ.get("SPARSEFLOW_COMMIT") or _git_commit(),
+           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+           "steps": a.steps, "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed,
+           "budget": a.budget, "backend": bench.backend}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in configs:
+        bench.run(name)   # with --tiny, sage and sol_attn run their CPU fallbacks (code path only)
+        text = table(info, bench.results)   # JSON after every configuration: a killed run keeps its rows
+        (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
+                                                                  "rows": bench.results}, indent=1, default=str))
+    print(f"\n{json.dumps(env)}\n{text}")
+
+
+if __name__ == "__main__":
+    main()
