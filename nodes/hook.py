@@ -1,0 +1,404 @@
+"""The per-model SparseFlow hook: run state, attention override, diffusion-model wrapper and block patches.
+
+Follows ComfyUI's own extension points (core `nodes_sparse_attention.py` install_override / dense fallback,
+`nodes_easycache.py` holder + wrapper): the override recognises Wan self-attention and runs the SparseFlow
+operator; everything else goes to the previous override or to ComfyUI's attention with every kwarg
+forwarded. The DIFFUSION_MODEL wrapper gives each model call its token geometry and denoising step, the
+per-block `("dit", "double_block", i)` replace patches give the block index (0.3.64; newest also sets
+`block_index` / `grid_sizes`, used when present). Nothing here raises inside the attention path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from sparseflow.geometry import Geometry, token_grid
+from sparseflow.masks import num_blocks, pair_counts
+from sparseflow.plan import DENSE, SPARSE, AttentionPlan
+from sparseflow.routing import RoutingMap
+from sparseflow.schedule import Schedule, StepParams, progress_from_sigmas
+from sparseflow.telemetry import CallRecord, RunTelemetry
+
+__all__ = [
+    "BLOCK_KEY",
+    "CONTEXT_KEY",
+    "OVERRIDE_KEY",
+    "SPARSEFLOW_KEY",
+    "CallContext",
+    "PatchConfig",
+    "SparseFlowState",
+    "run_operator",
+    "ensure_override",
+    "log_once",
+    "make_block_patch",
+    "make_override",
+    "diffusion_model_wrapper",
+    "geometry_for",
+    "sigma_lists",
+    "step_index",
+]
+
+log = logging.getLogger("sparseflow.nodes")
+
+SPARSEFLOW_KEY = "sparseflow"  # wrappers, callbacks and the state in transformer_options
+OVERRIDE_KEY = "optimized_attention_override"
+CONTEXT_KEY = "sparseflow_call"  # per model call, written by the wrapper into the per-call dict
+BLOCK_KEY = "sparseflow_block"  # per block, written by the block patch
+HEAD_DIMS = (64, 128)
+COMFY_BACKEND = "comfyui"  # telemetry name of ComfyUI's own attention (dense steps / all-dense layers)
+
+_logged: set = set()
+
+
+def log_once(key: object, msg: str, *args: object, level: int = logging.INFO) -> None:
+    """Log `msg` the first time `key` is seen in this process (core BSA's log_once)."""
+    if key in _logged:
+        return
+    _logged.add(key)
+    log.log(level, msg, *args)
+
+
+def run_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, heads: int,
+                 backend: str) -> tuple[torch.Tensor, str]:
+    """`sparseflow.ops.attention` on the backend `ops.backend_for` picks for this call; returns (out, name)."""
+    from sparseflow import ops
+
+    name = ops.backend_for(q, plan, backend)
+    return ops.attention(q, k, v, plan, heads=heads, backend=name), name
+
+
+def geometry_for(dm: object, x: torch.Tensor, time_dim_concat: torch.Tensor | None, kwargs: dict) -> Geometry:
+    """Self-attention token geometry of one WanModel call, from x before ComfyUI pads it (COMFY_NOTES §2.3).
+
+    Grid = ceil((T + time_dim_concat frames) / pt), ceil(H / ph), ceil(W / pw); Fun-Control's `ref_conv`
+    reference latent prepends (H_ref / ph) * (W_ref / pw) tokens. I2V concat channels do not change the grid.
+    """
+    patch = tuple(getattr(dm, "patch_size", (1, 2, 2)))
+    extra = int(time_dim_concat.shape[2]) if isinstance(time_dim_concat, torch.Tensor) else 0
+    t, h, w = token_grid(tuple(int(s) for s in x.shape[-3:]), patch, extra)
+    prefix = 0
+    ref = kwargs.get("reference_latent")
+    if getattr(dm, "ref_conv", None) is not None and isinstance(ref, torch.Tensor):
+        prefix = (int(ref.shape[-2]) // patch[1]) * (int(ref.shape[-1]) // patch[2])  # Conv2d, no padding
+    return Geometry(t, h, w, prefix)
+
+
+def step_index(sigma: float, sample_sigmas: list[float]) -> int:
+    """Index of the entry of `sample_sigmas` closest to `sigma` (first on ties)."""
+    dists = [abs(s - sigma) for s in sample_sigmas]
+    return dists.index(min(dists))
+
+
+def sigma_lists(to: dict) -> tuple[float, list[float]] | None:
+    """(current sigma, sample_sigmas as floats) from transformer_options, or None when the sampler gave none."""
+    sigmas, sample = to.get("sigmas"), to.get("sample_sigmas")
+    if sigmas is None or sample is None:
+        return None
+    sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) else float(sigmas[0])
+    return sigma, [float(s) for s in (sample.flatten().tolist() if isinstance(sample, torch.Tensor) else sample)]
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Everything a patch decided at patch time (immutable, shared by clones)."""
+
+    schedule: Schedule
+    routing: RoutingMap
+    layers: int
+    heads: int
+    head_dim: int
+    family: str
+    model_type: str
+    anchors: tuple[int, ...] = (0,)
+    linear_kind: str = "pooled"
+    backend: str = "auto"  # "auto", "triton" or "reference" (sparseflow.ops)
+    block: int = 128
+    window: int = -1  # -1 = the schedule's window
+    sigma_max: float = 1.0
+    node_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the wrapper derived for one model call."""
+
+    geometry: Geometry
+    step: int
+    progress: float
+    params: StepParams
+
+
+@dataclass
+class SparseFlowState:
+    """Holder in `transformer_options["sparseflow"]`: the config plus one run's telemetry.
+
+    `clone()` shares the config and starts empty (ComfyUI 0.3.64 deep-copies model_options on every
+    `ModelPatcher.clone()`; `__deepcopy__` routes that here). `reset()` drops per-run state; `finish()` ends
+    a run: one summary line in the log, one websocket event, the telemetry kept in `last`.
+    """
+
+    config: PatchConfig
+    telemetry: RunTelemetry = field(default_factory=RunTelemetry)
+    last: RunTelemetry | None = None
+    last_summary: str = ""
+    _plans: dict = field(default_factory=dict, repr=False)
+
+    def clone(self) -> SparseFlowState:
+        return SparseFlowState(self.config)
+
+    def __deepcopy__(self, memo: dict) -> SparseFlowState:
+        return self.clone()
+
+    def reset(self) -> None:
+        self.telemetry = RunTelemetry()
+        self._plans.clear()
+
+    def finish(self) -> str:
+        """End a sampling run: summary to the log and the UI, telemetry kept in `last`, then `reset()`."""
+        tel = self.telemetry
+        text = tel.summary()
+        self.last, self.last_summary = tel, text
+        self.reset()
+        if tel.calls or tel.passthrough:
+            log.info("%s", text)
+            _send_report(self.config.node_id, text, tel)
+        return text
+
+    # -- per model call (wrapper)
+    def context(self, dm: object, x: torch.Tensor, time_dim_concat: torch.Tensor | None, to: dict,
+                kwargs: dict) -> CallContext:
+        geometry = geometry_for(dm, x, time_dim_concat, kwargs)
+        step, progress = self.step_of(to)
+        return CallContext(geometry, step, progress, self.config.schedule.at(progress))
+
+    def step_of(self, to: dict) -> tuple[int, float]:
+        """(step index, progress) from transformer_options["sigmas"] and ["sample_sigmas"]."""
+        sig = sigma_lists(to)
+        if sig is None:
+            log_once(("no sigmas",), "SparseFlow: the sampler passed no sigmas/sample_sigmas; using step 0 "
+                     "(progress 0) for every model call", level=logging.WARNING)
+            return 0, 0.0
+        sigma, sample_list = sig
+        step = step_index(sigma, sample_list)
+        if self.config.schedule.progress_mode == "sigma":
+            # Fraction of the model's whole sigma range: the same scale for both Wan 2.2 14B experts,
+            # each of which sees only its own slice of sample_sigmas.
+            progress = progress_from_sigmas(sigma, [self.config.sigma_max, 0.0], "sigma")
+        else:
+            progress = progress_from_sigmas(sigma, sample_list, "steps")
+        return step, progress
+
+    # -- per attention call (override)
+    def decide(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: object,
+               skip_reshape: bool, skip_output_reshape: bool, to: dict) -> tuple:
+        """("pass", reason, detail) or (route kind "dense"/"sparse", ctx, layer, plan or None)."""
+        if mask is not None:
+            return ("pass", "masked attention", "")
+        if skip_reshape or skip_output_reshape:
+            return ("pass", "pre-shaped (B, H, L, D) attention", "")
+        if not isinstance(q, torch.Tensor) or q.dim() != 3:
+            return ("pass", "not (B, L, H*D) layout", "")
+        if q.shape != k.shape or q.shape != v.shape:
+            return ("pass", "cross-attention", "")
+        if not isinstance(heads, int) or heads != self.config.heads or q.shape[2] % heads:
+            return ("pass", "other head count", f"heads {heads}, model {self.config.heads}")
+        if q.shape[2] // heads not in HEAD_DIMS:
+            return ("pass", "head_dim", f"head_dim {q.shape[2] // heads} not in {HEAD_DIMS}")
+        ctx = to.get(CONTEXT_KEY)
+        if not isinstance(ctx, CallContext):
+            return ("pass", "no geometry", "the diffusion-model wrapper did not run")
+        geometry = ctx.geometry
+        grid = to.get("grid_sizes")  # newest ComfyUI: the real grid after patch embedding
+        if grid is not None and len(grid) == 3:
+            geometry = Geometry(int(grid[0]), int(grid[1]), int(grid[2]), int(to.get("img_offset", 0) or 0))
+        if q.shape[1] != geometry.length:
+            return ("pass", "token count mismatch", f"{q.shape[1]} tokens, geometry {geometry.describe()}")
+        layer = to.get(BLOCK_KEY, to.get("block_index"))
+        if not isinstance(layer, int) or not 0 <= layer < self.config.layers:
+            return ("pass", "no block index", f"block {layer!r}, model layers 0..{self.config.layers - 1}")
+        if ctx.params.dense:
+            return ("dense", ctx, layer, None)
+        routes = self.config.routing.head_routes(layer)
+        if all(r == DENSE for r in routes):
+            return ("dense", ctx, layer, None)
+        return ("sparse", ctx, layer, self._plan(geometry, layer, ctx.params))
+
+    def _plan(self, geometry: Geometry, layer: int, params: StepParams) -> AttentionPlan:
+        cfg = self.config
+        window = params.window if cfg.window < 0 else cfg.window
+        key = (geometry, layer, window, params.topk, params.compensation)
+        plan = self._plans.get(key)
+        if plan is None:
+            rmap = cfg.routing
+            win = tuple(window if w < 0 else w for w in rmap.head_window(layer))
+            topk = tuple(params.topk if t < 0 else t for t in rmap.head_topk(layer))
+            plan = AttentionPlan(geometry, rmap.head_routes(layer), win, topk, anchors=cfg.anchors,
+                                 compensation=params.compensation, linear_kind=cfg.linear_kind, block=cfg.block)
+            self._plans[key] = plan
+        return plan
+
+    def record(self, ctx: CallContext, layer: int, plan: AttentionPlan | None, batch: int, length: int,
+               backend: str) -> None:
+        cfg = self.config
+        n = num_blocks(length, cfg.block)
+        dense_pairs = n * n * cfg.heads * batch
+        window = ctx.params.window if cfg.window < 0 else cfg.window
+        if plan is None:
+            routes = self.config.routing.head_routes(layer) if not ctx.params.dense else (DENSE,) * cfg.heads
+            pairs = dense_pairs
+        else:
+            routes = plan.routes
+            per_head, _ = pair_counts(plan)
+            # top-k adds up to topk key blocks per query block on sparse heads (estimate: the full topk)
+            per_head = [min(n * n, p + (n * t if r == SPARSE else 0))
+                        for p, r, t in zip(per_head, plan.routes, plan.topk)]
+            pairs = sum(per_head) * batch
+        self.telemetry.record(CallRecord(ctx.step, ctx.progress, layer, window, ctx.params.topk, ctx.params.dense,
+                                         tuple(routes), pairs, dense_pairs, backend))
+
+    def passthrough(self, reason: str, detail: str, q: object, k: object, level: int = logging.INFO) -> None:
+        """Count a call handed to ComfyUI's attention and log the reason once."""
+        self.telemetry.note_passthrough(reason)
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in (q, k)]
+        log_once(("passthrough", reason), "SparseFlow: %s%s (q %s, k %s) goes to ComfyUI's attention unchanged",
+                 reason, f" ({detail})" if detail else "", shapes[0], shapes[1], level=level)
+
+
+def _send_report(node_id: str | None, text: str, tel: RunTelemetry) -> None:
+    """One `sparseflow.report` websocket event, when a ComfyUI server runs in this process."""
+    srv = sys.modules.get("server")
+    instance = getattr(getattr(srv, "PromptServer", None), "instance", None) if srv is not None else None
+    if instance is None:
+        return
+    payload = {"node": node_id, "text": text, "density_per_step": list(tel.density_per_step().values()),
+               "route_counts": tel.route_counts(), "backend": "+".join(tel.backends())}
+    try:
+        instance.send_sync("sparseflow.report", payload)
+    except Exception as e:  # noqa: BLE001 - a UI message must never break sampling
+        log_once(("send_sync", type(e).__name__), "SparseFlow: could not send the run report: %s", e,
+                 level=logging.WARNING)
+
+
+_EXPECTED_REASONS = ("cross-attention", "masked attention", "pre-shaped (B, H, L, D) attention")
+
+
+def make_override(previous=None):
+    """The attention override, chained onto `previous` (another node's override) as the dense fallback."""
+
+    def sparseflow_attention(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                             skip_output_reshape=False, **kwargs):
+        given = {}
+        if mask is not None:
+            given["mask"] = mask
+        if attn_precision is not None:
+            given["attn_precision"] = attn_precision
+        if skip_reshape:
+            given["skip_reshape"] = skip_reshape
+        if skip_output_reshape:
+            given["skip_output_reshape"] = skip_output_reshape
+
+        def fallback():
+            if previous is not None:
+                return previous(func, q, k, v, heads=heads, **given, **kwargs)
+            return func(q, k, v, heads=heads, **given, **kwargs)
+
+        to = kwargs.get("transformer_options")
+        state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
+        if not isinstance(state, SparseFlowState):
+            return fallback()
+        try:
+            decision = state.decide(q, k, v, heads, mask, skip_reshape, skip_output_reshape, to)
+        except Exception as e:  # noqa: BLE001 - never raise in the attention path
+            state.passthrough("error", f"{type(e).__name__}: {e}", q, k, logging.WARNING)
+            return fallback()
+        if decision[0] == "pass":
+            level = logging.INFO if decision[1] in _EXPECTED_REASONS else logging.WARNING
+            state.passthrough(decision[1], decision[2], q, k, level)
+            return fallback()
+        kind, ctx, layer, plan = decision
+        if kind == "dense":
+            state.record(ctx, layer, None, q.shape[0], q.shape[1], COMFY_BACKEND)
+            return fallback()
+        try:
+            out, backend = run_operator(q, k, v, plan, heads, state.config.backend)
+        except Exception as e:  # noqa: BLE001 - fall back to dense, counted and logged
+            state.passthrough("operator error", f"{type(e).__name__}: {e}", q, k, logging.WARNING)
+            return fallback()
+        state.record(ctx, layer, plan, q.shape[0], q.shape[1], backend)
+        return out
+
+    sparseflow_attention._sparseflow = True
+    sparseflow_attention._sparseflow_previous = previous
+    return sparseflow_attention
+
+
+def unwrap_previous(override):
+    """The override below ours when `override` is a SparseFlow override (patching twice replaces)."""
+    while override is not None and getattr(override, "_sparseflow", False):
+        override = override._sparseflow_previous
+    return override
+
+
+def ensure_override(to: dict) -> None:
+    """Put our override on top of whatever is installed in `to` unless it already is ours."""
+    current = to.get(OVERRIDE_KEY)
+    if getattr(current, "_sparseflow", False):
+        return
+    if current is not None:
+        log_once(("override replaced", getattr(current, "__qualname__", repr(current))),
+                 "SparseFlow: another attention override (%s) was installed after SparseFlow; SparseFlow runs "
+                 "first and hands it every call it does not take", getattr(current, "__qualname__", current))
+    to[OVERRIDE_KEY] = make_override(current)
+
+
+def make_block_patch(index: int, previous=None):
+    """A `("dit", "double_block", index)` replace that only records the block index (chained onto `previous`)."""
+
+    def sparseflow_block(args, extra):
+        args["transformer_options"][BLOCK_KEY] = index
+        if previous is not None:
+            return previous(args, extra)
+        return extra["original_block"](args)
+
+    sparseflow_block._sparseflow = True
+    sparseflow_block._sparseflow_previous = previous
+    return sparseflow_block
+
+
+def diffusion_model_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
+                            transformer_options=None, **kwargs):
+    """DIFFUSION_MODEL wrapper: geometry, step and override for one WanModel call; tidies up after it."""
+    to = transformer_options if transformer_options is not None else {}
+    state = to.get(SPARSEFLOW_KEY)
+    if isinstance(state, SparseFlowState):
+        try:
+            to[CONTEXT_KEY] = state.context(executor.class_obj, x, time_dim_concat, to, kwargs)
+            ensure_override(to)
+        except Exception as e:  # noqa: BLE001 - without a context every call passes through, counted
+            log_once(("context", type(e).__name__), "SparseFlow: could not derive the token geometry (%s); "
+                     "this model call runs dense", e, level=logging.WARNING)
+            to.pop(CONTEXT_KEY, None)
+    try:
+        return executor(x, timestep, context, clip_fea, time_dim_concat, to, **kwargs)
+    finally:
+        to.pop(CONTEXT_KEY, None)
+        to.pop(BLOCK_KEY, None)
+
+
+def on_prepare_state(patcher, timestep, *rest) -> None:
+    """ON_PREPARE_STATE: reinstall the override in the live model_options (newest passes them; 0.3.64 does not)."""
+    if rest and isinstance(rest[0], dict):
+        to = rest[0].setdefault("transformer_options", {})
+        if isinstance(to.get(SPARSEFLOW_KEY), SparseFlowState):
+            ensure_override(to)
+
+
+def on_cleanup(patcher) -> None:
+    """ON_CLEANUP (also on interrupt): summary + reset of this patcher's state."""
+    state = patcher.model_options.get("transformer_options", {}).get(SPARSEFLOW_KEY)
+    if isinstance(state, SparseFlowState):
+        state.finish()

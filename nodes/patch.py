@@ -1,0 +1,231 @@
+"""Patching a Wan MODEL with SparseFlow: model detection, backend check, `apply_sparseflow`, the Patch node.
+
+After core `nodes_sparse_attention.py` (clone, chained override, ON_PREPARE_STATE reinstall, ON_CLEANUP reset)
+and `nodes_easycache.py` (holder + DIFFUSION_MODEL wrapper). User errors raise here, at patch time, naming
+what is supported; nothing is patched process-wide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from comfy_api.latest import io
+
+from sparseflow.plan import BLOCKS, LINEAR_KINDS
+from sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
+from sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
+
+from .hook import (
+    SPARSEFLOW_KEY,
+    PatchConfig,
+    SparseFlowState,
+    diffusion_model_wrapper,
+    make_block_patch,
+    make_override,
+    on_cleanup,
+    on_prepare_state,
+    unwrap_previous,
+)
+from .types import RoutingType, ScheduleType, advanced, schema
+
+__all__ = ["BACKEND_CHOICES", "SUPPORTED", "SparseFlowPatch", "WanInfo", "apply_sparseflow", "check_backend",
+           "wan_info"]
+
+log = logging.getLogger("sparseflow.nodes")
+
+SUPPORTED = "SparseFlow supports Wan 2.1/2.2 (t2v, i2v, vace, ti2v-5b)"
+BACKEND_CHOICES = ("auto", "triton", "reference")
+_WAN_TYPES = ("t2v", "i2v", "vace")
+
+
+@dataclass(frozen=True)
+class WanInfo:
+    """What SparseFlow needs to know about a Wan diffusion model."""
+
+    model_type: str
+    family: str
+    layers: int
+    heads: int
+    head_dim: int
+    vace_layers: int
+    config_name: str
+
+
+def _model_type_name(model: object) -> str:
+    base = getattr(model, "model", None)
+    cfg = getattr(base, "model_config", None)
+    unet = getattr(cfg, "unet_config", None) or {}
+    image_model = unet.get("image_model")
+    if image_model == "wan2.1":
+        return str(unet.get("model_type", "unknown"))
+    if image_model:
+        return str(image_model)
+    if cfg is not None:
+        return type(cfg).__name__
+    return type(base).__name__ if base is not None else type(model).__name__
+
+
+def wan_info(model: object) -> WanInfo:
+    """Detect a supported Wan model or raise ValueError naming what is supported and what was given."""
+    base = getattr(model, "model", None)
+    cfg = getattr(base, "model_config", None)
+    unet = getattr(cfg, "unet_config", None) or {}
+    name = _model_type_name(model)
+    if unet.get("image_model") != "wan2.1" or unet.get("model_type") not in _WAN_TYPES:
+        raise ValueError(f"{SUPPORTED}; got model type '{name}'")
+    dm = model.get_model_object("diffusion_model")
+    heads = int(dm.num_heads)
+    out_dim = int(getattr(dm, "out_dim", 16))
+    family = "wan2.2-5b" if out_dim == 48 else "wan2.1"  # 2.2 14B experts detect as 2.1 (COMFY_NOTES §5)
+    return WanInfo(name, family, len(dm.blocks), heads, int(dm.dim) // heads,
+                   len(getattr(dm, "vace_blocks", ()) or ()), type(cfg).__name__)
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError when `backend` is unknown or, explicitly chosen, cannot run here (with the reasons)."""
+    from sparseflow import ops
+
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"SparseFlow: backend must be one of {', '.join(BACKEND_CHOICES)}; got '{backend}'")
+    if backend == "auto":
+        return
+    reasons = ops.available_backends()
+    if reasons.get(backend) is not None:
+        usable = [k for k, r in reasons.items() if r is None]
+        raise ValueError(f"SparseFlow: backend '{backend}' cannot run here: {reasons[backend]}; "
+                         f"usable backends: {', '.join(['auto', *usable])}")
+
+
+def resolve_routing(routing: RoutingMap | None, overrides: str | Mapping[str, str], info: WanInfo) -> RoutingMap:
+    """The map to apply: the given one (or the default heuristic preset) plus overrides, shape-checked."""
+    rmap = routing if routing is not None else routing_preset("heuristic", info.layers, info.heads, info.family)
+    if (rmap.layers, rmap.heads) != (info.layers, info.heads):
+        raise ValueError(f"SparseFlow: the routing map is {rmap.layers}x{rmap.heads} (layers x heads) but the "
+                         f"model ({info.model_type}, {info.family}) has {info.layers}x{info.heads}; set layers="
+                         f"{info.layers} and heads={info.heads} on SparseFlow Routing or load a map made for "
+                         "this model")
+    if rmap.family not in (info.family, "generic"):
+        log.warning("SparseFlow: routing map family '%s' applied to a '%s' model", rmap.family, info.family)
+    parsed = parse_overrides(overrides) if isinstance(overrides, str) else dict(overrides)
+    return with_overrides(rmap, parsed)
+
+
+def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: RoutingMap | None = None,
+                     sparsity: float = 0.5, window: int = -1, anchors: tuple[int, ...] = (0,),
+                     linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
+                     overrides: str | Mapping[str, str] = "{}", node_id: str | None = None):
+    """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
+
+    Installs, under the key "sparseflow": the state in transformer_options, the attention override (chained
+    onto any existing one), a DIFFUSION_MODEL wrapper, per-block index patches and ON_PREPARE_STATE /
+    ON_CLEANUP callbacks. Patching a patched model replaces the earlier SparseFlow patch.
+    """
+    import comfy.patcher_extension as pe
+
+    info = wan_info(model)
+    check_backend(backend)
+    if linear_kind not in LINEAR_KINDS:
+        raise ValueError(f"SparseFlow: linear_kind must be one of {', '.join(LINEAR_KINDS)}; got '{linear_kind}'")
+    if block not in BLOCKS:
+        raise ValueError(f"SparseFlow: block must be one of {BLOCKS}; got {block!r}")
+    if not isinstance(window, int) or window < -1:
+        raise ValueError(f"SparseFlow: window must be -1 (the schedule's) or >= 0 latent frames; got {window!r}")
+    sched = scaled(schedule if schedule is not None else schedule_preset(DEFAULT_SCHEDULE), sparsity)
+    rmap = resolve_routing(routing, overrides, info)
+    sigma_max = float(getattr(model.get_model_object("model_sampling"), "sigma_max", 1.0))
+    config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
+                         tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id)
+
+    m = model.clone()
+    to = m.model_options.setdefault("transformer_options", {})
+    to[SPARSEFLOW_KEY] = SparseFlowState(config)
+    to["optimized_attention_override"] = make_override(unwrap_previous(to.get("optimized_attention_override")))
+    dit = to.get("patches_replace", {}).get("dit", {})
+    for i in range(info.layers):
+        m.set_model_patch_replace(make_block_patch(i, unwrap_previous(dit.get(("double_block", i)))),
+                                  "dit", "double_block", i)
+    m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, SPARSEFLOW_KEY)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, SPARSEFLOW_KEY, diffusion_model_wrapper)
+    for call_type, fn in ((pe.CallbacksMP.ON_PREPARE_STATE, on_prepare_state), (pe.CallbacksMP.ON_CLEANUP, on_cleanup)):
+        m.remove_callbacks_with_key(call_type, SPARSEFLOW_KEY)
+        m.add_callback_with_key(call_type, SPARSEFLOW_KEY, fn)
+    log.info("SparseFlow: patched %s (%s, %dx%d heads), schedule %s, %s, backend %s", info.config_name,
+             info.family, info.layers, info.heads, sched.name, summary(rmap), backend)
+    return m
+
+
+def patch_text(model) -> str:
+    """The Patch node's UI line: model, schedule over 10 steps, routing."""
+    state: SparseFlowState = model.model_options["transformer_options"][SPARSEFLOW_KEY]
+    cfg = state.config
+    steps = describe(cfg.schedule, 10)
+    windows = " ".join("D" if s.dense else str(s.window if cfg.window < 0 else cfg.window) for s in steps)
+    return (f"{cfg.model_type} {cfg.family} {cfg.layers}x{cfg.heads}; window per step (10 steps, D = dense): "
+            f"{windows}; {summary(cfg.routing)}; backend {cfg.backend}")
+
+
+_TIP_SPARSITY = ("Overall sparsity. 0.5 keeps the schedule as it is; higher shrinks every temporal window "
+                 "(1.0 = window 0 and no dense steps), lower widens it (0.0 = +4 latent frames).")
+_TIP_WINDOW = ("Temporal window in latent frames (1 latent frame = 4 video frames) each sparse head attends to "
+               "on each side of its own frames. -1 takes the schedule's per-step window.")
+
+
+class SparseFlowPatch(io.ComfyNode):
+    """MODEL -> MODEL with SparseFlow self-attention."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="SparseFlowPatch",
+            display_name="SparseFlow Patch",
+            search_aliases=["sparse attention", "wan speed up", "block sparse"],
+            description=("Speeds up Wan 2.1 / 2.2 video sampling: routes each self-attention head to block-sparse "
+                         "temporal, linear or dense attention. Put it between the model loader and the sampler. "
+                         "Cross-attention and everything else stays ComfyUI's own."),
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 model (t2v, i2v, vace, ti2v-5b; for Wan 2.2 14B "
+                               "patch both the high-noise and the low-noise model)."),
+                ScheduleType.Input("schedule", optional=True,
+                                   tooltip="Per-step sparsity from SparseFlow Schedule; default: the 'balanced' "
+                                           "preset (window 0 early, 1 mid, 2 late)."),
+                RoutingType.Input("routing", optional=True,
+                                  tooltip="Per-head routes from SparseFlow Routing or SparseFlow Calibrate; "
+                                          "default: the heuristic preset for this model's layers x heads."),
+                io.Float.Input("sparsity", default=0.5, min=0.0, max=1.0, step=0.05, tooltip=_TIP_SPARSITY),
+                io.Int.Input("window", default=-1, min=-1, max=64, step=1, tooltip=_TIP_WINDOW),
+                io.Int.Input("anchor_frames", default=1, min=0, max=8, step=1,
+                             tooltip="The first N latent frames every sparse head also attends to (1 = frame 0, "
+                                     "which holds the layout; 0 = none)."),
+                io.Combo.Input("linear_kind", options=list(LINEAR_KINDS), default="pooled",
+                               tooltip="Linear heads: 'pooled' attends to block means of the own frame (close to "
+                                       "softmax), 'feature' is elu+1 linear attention (cheaper, needs training "
+                                       "to match)."),
+                io.Combo.Input("backend", options=list(BACKEND_CHOICES), default="auto",
+                               tooltip="'auto' runs the fused Triton kernel on CUDA with fp16/bf16 and the PyTorch "
+                                       "reference otherwise; 'triton' fails at patch time when it cannot run; "
+                                       "'reference' is slow and exact (for checks)."),
+                io.Combo.Input("block_size", options=["128", "64"], default="128",
+                               tooltip="Tokens per attention block (128 for video sizes of 480p and up; 64 for "
+                                       "small videos).", **advanced(io.Combo.Input)),
+                io.String.Input("routing_overrides", default="{}", multiline=False,
+                                tooltip='Per-head routes set in the grid, JSON {"layer.head": "dense"|"sparse"|'
+                                        '"linear"}, applied on top of the routing input.'),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched model (a clone; the input model is unchanged).")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, *, model: io.Model.Type, sparsity: float, window: int, anchor_frames: int, linear_kind: str,
+                backend: str, block_size: str, routing_overrides: str, schedule: Schedule | None = None,
+                routing: RoutingMap | None = None) -> io.NodeOutput:
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        patched = apply_sparseflow(model, schedule=schedule, routing=routing, sparsity=sparsity, window=window,
+                                   anchors=tuple(range(anchor_frames)), linear_kind=linear_kind, backend=backend,
+                                   block=int(block_size), overrides=routing_overrides,
+                                   node_id=None if node_id is None else str(node_id))
+        rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].config.routing
+        return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap)],
+                                          "text": [patch_text(patched)]})

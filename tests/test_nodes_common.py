@@ -1,0 +1,147 @@
+"""Shared set-up of the node tests: import this repository as the package ComfyUI would load, plus tiny models.
+
+ComfyUI's root has a top-level `nodes` module, so our `nodes/` package is reached as `comfyui_sparseflow.nodes`
+(the repo root imported as a package under that name, as ComfyUI imports a custom-node folder). The tests
+in this file check the import path itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import tiny_wan as tw
+from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = "comfyui_sparseflow"
+
+FRAMES, HEIGHT, WIDTH = 3, 8, 8  # 48 tokens: one 64/128 block
+BIG = (4, 16, 16)  # 256 tokens: 4 blocks of 64 over 4 frames, so sparse and linear differ from dense
+
+
+def load_pack() -> SimpleNamespace:
+    """Import the repo root as package `comfyui_sparseflow` (after ComfyUI) and return its node modules."""
+    import comfy_env
+
+    comfy_env.import_comfy()
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    mods = {name: importlib.import_module(f"{PACKAGE}.nodes.{name}")
+            for name in ("types", "hook", "patch", "schedule", "routing", "calibrate", "extension")}
+    return SimpleNamespace(**mods)
+
+
+@pytest.fixture(scope="session")
+def pack(comfy) -> SimpleNamespace:  # noqa: F811
+    return load_pack()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfy, tmp_path_factory) -> dict:  # noqa: F811
+    """Each tiny Wan variant loaded once per session through ComfyUI's loader: {variant: ModelPatcher}."""
+    directory = tmp_path_factory.mktemp("tiny_wan_nodes")
+    return {v: tw.load_tiny_wan(comfy, v, directory) for v in tw.VARIANTS}
+
+
+def model_snapshot(model) -> dict:
+    """What patching could change on a ModelPatcher: options (by repr/identity), wrappers, callbacks, patches."""
+    def flat(obj, prefix=""):
+        out = {}
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                out.update(flat(v, f"{prefix}/{k!r}"))
+        elif isinstance(obj, (list, tuple)):
+            out[prefix] = (type(obj).__name__, len(obj), tuple(id(x) for x in obj))
+        else:
+            out[prefix] = id(obj)
+        return out
+
+    return {
+        "model_options": flat(model.model_options),
+        "wrappers": flat(model.wrappers),
+        "callbacks": flat(model.callbacks),
+        "patches": flat(model.patches),
+        "object_patches": flat(model.object_patches),
+        "model": id(model.model),
+    }
+
+
+pytestmark = requires_comfy
+
+
+def test_pack_imports_as_a_package_beside_comfyuis_own_nodes_module(pack):
+    import nodes as comfy_nodes
+
+    assert Path(comfy_nodes.__file__).resolve().parent != REPO  # ComfyUI's nodes.py still wins
+    assert pack.patch.__name__ == f"{PACKAGE}.nodes.patch"
+    assert isinstance(pack.hook, ModuleType)
+
+
+def test_extension_lists_the_five_nodes_and_registers_the_safetensors_only_folder(pack):
+    import asyncio
+
+    import folder_paths
+
+    nodes = asyncio.run(pack.extension.SparseFlowExtension().get_node_list())
+    ids = [n.GET_SCHEMA().node_id for n in nodes]
+    assert ids == ["SparseFlowPatch", "SparseFlowSchedule", "SparseFlowRouting", "SparseFlowCalibrate",
+                   "SparseFlowSaveRouting"]
+    paths, exts = folder_paths.folder_names_and_paths["sparseflow"]
+    assert exts == {".safetensors"}
+    assert paths[0] == str(Path(folder_paths.models_dir) / "sparseflow")
+
+
+def test_every_node_input_has_a_tooltip_and_every_widget_a_default(pack):
+    for node in pack.extension.NODES:
+        s = node.GET_SCHEMA()
+        assert s.category == "model/patch/sparseflow" and s.is_experimental and s.description and s.display_name
+        info = node.INPUT_TYPES()
+        for group in ("required", "optional"):
+            for name, (kind, opts) in info.get(group, {}).items():
+                assert opts.get("tooltip"), f"{s.node_id}.{name} has no tooltip"
+                if kind in ("INT", "FLOAT"):
+                    assert {"default", "min", "max", "step"} <= set(opts), f"{s.node_id}.{name}: {opts}"
+                if kind in ("INT", "FLOAT", "STRING", "BOOLEAN") or isinstance(kind, list) or kind == "COMBO":
+                    assert "default" in opts, f"{s.node_id}.{name} has no default"
+
+
+def test_every_node_has_a_help_page(pack):
+    for node in pack.extension.NODES:
+        page = REPO / "web" / "docs" / f"{node.GET_SCHEMA().node_id}.md"
+        assert page.is_file() and page.read_text().startswith(f"# {node.GET_SCHEMA().display_name}")
+
+
+def test_prepare_state_reinstalls_the_override_in_newest_comfyuis_live_model_options(pack, tiny_models):
+    hook = pack.hook
+    patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], backend="reference")
+    state = patched.model_options["transformer_options"][hook.SPARSEFLOW_KEY]
+
+    def other(func, q, k, v, heads, **kwargs):
+        return func(q, k, v, heads=heads, **kwargs)
+
+    live = {"transformer_options": {hook.SPARSEFLOW_KEY: state, "optimized_attention_override": other}}
+    hook.on_prepare_state(patched, None, live)  # newest: fn(patcher, timestep, model_options)
+    installed = live["transformer_options"]["optimized_attention_override"]
+    assert installed._sparseflow and installed._sparseflow_previous is other
+    hook.on_prepare_state(patched, None)  # 0.3.64: fn(patcher, timestep) must not fail
+    hook.on_prepare_state(patched, None, live)
+    assert live["transformer_options"]["optimized_attention_override"] is installed  # idempotent
+
+
+def test_clones_of_a_patched_model_get_their_own_run_state(pack, tiny_models):
+    patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], backend="reference")
+    clone = patched.clone()
+    a = patched.model_options["transformer_options"]["sparseflow"]
+    b = clone.model_options["transformer_options"]["sparseflow"]
+    assert a.config is b.config
+    a.telemetry.note_passthrough("x")
+    assert b is a or not b.telemetry.passthrough  # 0.3.64 deep-copies options: a fresh state per clone
