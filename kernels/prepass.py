@@ -120,6 +120,11 @@ def _pooled_mean_kernel(K, V, KM, VM, STARTS, STOPS, HEADS_SEL, stride_kb, strid
     tl.store(VM + dst, (tl.sum(vx.to(tl.float32), 0) * inv).to(VM.dtype.element_ty))
 
 
+@lru_cache(maxsize=256)
+def _head_list(heads: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(heads, dtype=torch.int32, device=device)
+
+
 def pooled_means(k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor,
                  heads: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, H, NP, D) means of k and v over the token spans [starts, stops) for the listed heads.
@@ -131,7 +136,7 @@ def pooled_means(k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, stops: 
     km = torch.empty(bsz, nh, npool, d, dtype=k.dtype, device=k.device)
     vm = torch.empty_like(km)
     if heads and npool:
-        sel = torch.tensor(heads, dtype=torch.int32, device=k.device)
+        sel = _head_list(tuple(heads), str(k.device))
         _pooled_mean_kernel[(npool, bsz * len(heads))](
             k, v, km, vm, starts, stops, sel, k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), npool, bsz, nh, SPAN=span, HEAD_DIM=d, num_warps=4)

@@ -227,5 +227,6 @@ class SparseFlowPatch(io.ComfyNode):
                                    block=int(block_size), overrides=routing_overrides,
                                    node_id=None if node_id is None else str(node_id))
         rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].config.routing
-        return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap)],
+        base = resolve_routing(routing, "{}", wan_info(model))
+        return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap, base)],
                                           "text": [patch_text(patched)]})

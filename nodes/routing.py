@@ -144,7 +144,8 @@ class SparseFlowRouting(io.ComfyNode):
     def execute(cls, *, preset: str, file: str, layers: int, heads: int, family: str,
                 routing_overrides: str) -> io.NodeOutput:
         rmap = build_routing(preset, file, layers, heads, routing_overrides, family)
-        return io.NodeOutput(rmap, ui={"sparseflow_routing": [routing_to_json(rmap)], "text": [summary(rmap)]})
+        base = build_routing(preset, file, layers, heads, "{}", family)
+        return io.NodeOutput(rmap, ui={"sparseflow_routing": [routing_to_json(rmap, base)], "text": [summary(rmap)]})
 
 
 class SparseFlowSaveRouting(io.ComfyNode):

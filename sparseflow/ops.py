@@ -16,7 +16,7 @@ import torch
 
 from sparseflow.geometry import Geometry
 from sparseflow.inputs import check_qkv
-from sparseflow.plan import LINEAR_KINDS, AttentionPlan
+from sparseflow.plan import DENSE, LINEAR_KINDS, AttentionPlan
 from sparseflow.reference import reference_attention
 
 __all__ = ["BACKENDS", "attention", "available_backends", "backend_for", "current_backend", "use_backend"]
@@ -96,26 +96,47 @@ def backend_for(q: torch.Tensor, plan: AttentionPlan, backend: str | None = None
     return name
 
 
+def _sdpa_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """Dense attention through torch SDPA with ComfyUI's backend priority (cuDNN, Flash, MemEfficient, Math)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if q.dim() == 3:
+        b, length, hd = q.shape
+        qb, kb, vb = (t.view(b, length, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+    else:
+        qb, kb, vb = q, k, v
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        out = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb)
+    return out if q.dim() == 4 else out.transpose(1, 2).reshape(q.shape)
+
+
 def _run(q, k, v, plan: AttentionPlan, heads: int | None, backend: str | None) -> torch.Tensor:
     name = backend_for(q, plan, backend)
     if name == "triton":
+        if all(r == DENSE for r in plan.routes) and plan.scale is None:
+            # An all-dense call has nothing to skip: the fastest exact kernel there is does it (the fallback
+            # costs nothing). Mixed calls keep the one fused launch.
+            if ("sdpa-dense",) not in _logged:
+                _logged.add(("sdpa-dense",))
+                log.info("sparseflow attention: all-dense calls run on torch SDPA (cuDNN first)")
+            return _sdpa_dense(q, k, v, heads)
         return _triton_fn()(q, k, v, plan, heads=heads)
     return reference_attention(q, k, v, plan, heads=heads)
 
 
 # -- torch.library custom op: the plan travels as plain ints/floats/tensors ------------------------------
 
-def _plan_from(geom: list[int], routes: torch.Tensor, window: torch.Tensor, topk: torch.Tensor,
+def _plan_from(geom: list[int], routes: list[int], window: list[int], topk: list[int],
                anchors: list[int], compensation: bool, linear_kind: int, own_block: bool, block: int,
                scale: float) -> AttentionPlan:
-    ints = [tuple(int(x) for x in t.tolist()) for t in (routes, window, topk)]
-    return AttentionPlan(Geometry(*geom), ints[0], ints[1], ints[2], tuple(anchors), compensation,
+    return AttentionPlan(Geometry(*geom), tuple(routes), tuple(window), tuple(topk), tuple(anchors), compensation,
                          LINEAR_KINDS[linear_kind], own_block, block, scale if scale > 0 else None)
 
 
 @torch.library.custom_op("sparseflow::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: list[int], routes: torch.Tensor,
-                  window: torch.Tensor, topk: torch.Tensor, anchors: list[int], compensation: bool, linear_kind: int,
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: list[int], routes: list[int],
+                  window: list[int], topk: list[int], anchors: list[int], compensation: bool, linear_kind: int,
                   own_block: bool, block: int, scale: float, heads: int, backend: str) -> torch.Tensor:
     plan = _plan_from(geom, routes, window, topk, anchors, compensation, linear_kind, own_block, block, scale)
     return _run(q, k, v, plan, heads if heads > 0 else None, None if backend == "auto" else backend)
@@ -138,7 +159,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Attention
     if backend != "auto":
         backend_for(q, plan, backend)  # raise now, with the reasons, rather than inside the op
     g = plan.geometry
-    per_head = torch.tensor([plan.routes, plan.window, plan.topk], dtype=torch.int32)
-    return _attention_op(q, k, v, [g.frames, g.height, g.width, g.prefix, g.suffix], per_head[0], per_head[1],
-                         per_head[2], list(plan.anchors), plan.compensation, LINEAR_KINDS.index(plan.linear_kind),
-                         plan.linear_own_block, plan.block, float(plan.scale or 0.0), heads or 0, backend)
+    return _attention_op(q, k, v, [g.frames, g.height, g.width, g.prefix, g.suffix], list(plan.routes),
+                         list(plan.window), list(plan.topk), list(plan.anchors), plan.compensation,
+                         LINEAR_KINDS.index(plan.linear_kind), plan.linear_own_block, plan.block,
+                         float(plan.scale or 0.0), heads or 0, backend)

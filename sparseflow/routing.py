@@ -446,8 +446,11 @@ def summary(rmap: RoutingMap) -> str:
            f"{notes}"
 
 
-def routing_to_json(rmap: RoutingMap) -> dict:
-    """Plain-list form for the web widget and node UI payloads (JSON-serialisable; error floats are finite)."""
+def routing_to_json(rmap: RoutingMap, base: RoutingMap | None = None) -> dict:
+    """Plain-list form for the web widget and node UI payloads (JSON-serialisable; error floats are finite).
+
+    `base` is the map before per-head overrides (the widget cycles a clicked head back to it); default `rmap`.
+    """
     return {
         "format": FORMAT,
         "family": rmap.family,
@@ -455,6 +458,7 @@ def routing_to_json(rmap: RoutingMap) -> dict:
         "heads": rmap.heads,
         "route_names": list(ROUTE_NAMES),
         "routes": rmap.routes.tolist(),
+        "base_routes": (base if base is not None else rmap).routes.tolist(),
         "window": rmap.window.tolist(),
         "topk": rmap.topk.tolist(),
         "error": None if rmap.error is None else [[float(x) for x in row] for row in rmap.error.tolist()],

@@ -55,6 +55,7 @@ def test_routing_node_applies_grid_overrides_and_reports_the_map_to_the_ui(pack,
     payload = out.ui["sparseflow_routing"][0]
     json.dumps(out.ui)  # the UI payload must be JSON
     assert payload["layers"] == 3 and payload["heads"] == 4 and payload["routes"][0][1] == DENSE
+    assert payload["base_routes"][0][1] == SPARSE and payload["base_routes"][2][3] == SPARSE  # before the overrides
     with pytest.raises(ValueError, match="must be a JSON object"):
         node.execute(preset="all_sparse", file="none", layers=3, heads=4, family="wan2.1", routing_overrides="[]")
     with pytest.raises(ValueError, match="out of range"):
