@@ -18,6 +18,7 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -291,8 +292,11 @@ def _kernel():
     if configs.INTERPRET:
         return _jit_kernel
     if _tuned_kernel is None:
+        extra = {}
+        if "cache_results" in inspect.signature(triton.autotune).parameters:
+            extra["cache_results"] = True  # later processes reuse the tuning from Triton's disk cache
         _tuned_kernel = triton.autotune(configs=configs.autotune_configs(), key=configs.AUTOTUNE_KEY,
-                                        prune_configs_by={"early_config_prune": configs.keep})(_jit_kernel)
+                                        prune_configs_by={"early_config_prune": configs.keep}, **extra)(_jit_kernel)
     return _tuned_kernel
 
 
