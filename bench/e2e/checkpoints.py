@@ -7,7 +7,8 @@ ones ComfyUI makes for the named video sizes (EmptyHunyuanLatentVideo / Wan22Ima
 
 Init: weights N(0, 1/fan_in) (variance preserving, so 30-40 random blocks stay finite in bf16), biases and
 modulations N(0, 0.02^2), norm scales 1 + N(0, 0.02^2). Random weights give near-uniform attention, which
-matters for the data-dependent methods (sol_attn's block choice, calibration): see docs/performance.md ("End to end in ComfyUI").
+matters for the data-dependent methods (sol_attn's block choice, calibration): see docs/performance.md
+("End to end in ComfyUI").
 """
 
 from __future__ import annotations
