@@ -168,7 +168,8 @@ class SparseFlowState:
             _send_report(self.config.node_id, text, tel)
         return text
 
-    # -- per model call (wrapper)
+    # -- per model call (wrapper); host-side bookkeeping that torch.compile (TorchCompileModel) must not trace
+    @torch.compiler.disable
     def context(self, dm: object, x: torch.Tensor, time_dim_concat: torch.Tensor | None, to: dict,
                 kwargs: dict) -> CallContext:
         geometry = geometry_for(dm, x, time_dim_concat, kwargs)

@@ -1,0 +1,43 @@
+"""A SparseFlow-patched model under ComfyUI's own TorchCompileModel (set_torch_compile_wrapper), on CPU.
+
+The patch must keep working when the diffusion model is compiled: same result as the eager patched model, and
+SparseFlow's telemetry still sees every self-attention call (the override runs inside the compiled forward).
+"""
+
+from __future__ import annotations
+
+import time
+
+import tiny_wan as tw
+import torch
+from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
+from test_nodes_common import FRAMES, HEIGHT, WIDTH, pack, tiny_models  # noqa: F401
+
+from sparseflow.routing import routing_preset
+from sparseflow.schedule import schedule_preset
+
+pytestmark = requires_comfy
+
+
+def _sample(comfy, model):  # noqa: F811
+    latent = tw.empty_latent(tw.WAN21_T2V, FRAMES, HEIGHT, WIDTH)
+    positive, negative = tw.make_conditioning(comfy, tw.WAN21_T2V, latent, seed=0)
+    return tw.sample_tiny(comfy, model, latent, positive, negative, steps=2, cfg=3.0, seed=0)
+
+
+def test_torch_compile_model_node_keeps_a_patched_model_working(comfy, pack, tiny_models):  # noqa: F811
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    torch._dynamo.reset()
+    patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
+                                          routing=routing_preset("alternating", 2, 2), backend="reference", block=64)
+    eager = _sample(comfy, patched)
+    eager_calls = len(patched.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY].last.calls)
+    compiled = TorchCompileModel.execute(patched, "inductor").result[0]
+    t0 = time.perf_counter()
+    out = _sample(comfy, compiled)
+    print(f"\nTorchCompileModel (inductor, CPU) on the patched tiny Wan: {time.perf_counter() - t0:.1f} s incl. compile")
+    state = compiled.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
+    assert state.last is not None and len(state.last.calls) == eager_calls > 0
+    assert state.last.backends() == ["reference"]
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
