@@ -204,6 +204,98 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
            4 * D * BLOCK * BLOCK * batch * sum(per_head), sum(per_head) / (heads * n * n), note="whole op")
 
 
+# -- side-by-side sweep of the kernel's code variants and launch configs (docs/performance.md, "Variants") --
+
+SWEEP = [  # (variant, (BLOCK_M, BLOCK_N, num_warps, num_stages)); base's config is the first version's autotune pick
+    ("base", (128, 64, 8, 3)),
+    ("fast", (128, 128, 8, 3)), ("fast", (128, 64, 8, 3)), ("fast", (128, 64, 4, 3)),
+    ("tma", (128, 128, 8, 3)), ("tma", (128, 128, 8, 2)), ("tma", (128, 64, 8, 3)), ("tma", (128, 64, 4, 3)),
+    ("tma", (128, 64, 4, 4)),
+    ("tma_ws", (128, 128, 8, 3)), ("tma_ws", (128, 64, 4, 3)),
+]
+
+
+def sweep(shapes: list[str], peak: float, env: dict) -> list:
+    """Every (variant, config) of SWEEP on: all-dense kernel (1.3B only), window 0 + anchor 0, random 10 % LUT-only.
+
+    Each output is compared with the first row's (base) output on the same case: rel. error must stay < 1e-2.
+    Also times SDPA default and the op's all-dense dispatch (torch SDPA) on the same inputs.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rows = []
+    for name in shapes:
+        batch, heads, g = SHAPES[name]
+        n = math.ceil(g.length / BLOCK)
+        comfy, bhld = make_inputs(batch, heads, g)
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+
+        def sdpa():
+            with sdpa_kernel(order, set_priority=True):
+                return torch.nn.functional.scaled_dot_product_attention(*bhld)
+
+        dense_flops = 4 * batch * heads * g.length ** 2 * D
+        all_dense = uniform_plan(g, heads, route=DENSE, block=BLOCK)
+        base_ms = bench(sdpa, 200.0)[1]
+        op_ms = bench(lambda: ops.attention(*comfy, all_dense, heads=heads, backend="triton"), 200.0)[1]
+        for prov, ms in (("sdpa_default", base_ms), ("op all-dense (SDPA dispatch)", op_ms)):
+            tf = dense_flops / ms / 1e9
+            row = {"shape": name, "case": "dense", "variant": prov, "config": "", "ms": round(ms, 3),
+                   "tflops": round(tf, 1), "pct_peak": round(100 * tf / peak, 1), "vs_sdpa": round(base_ms / ms, 3)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        w0 = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), block=BLOCK)
+        pick = torch.rand(batch, heads, n, n, generator=torch.Generator().manual_seed(1)).argsort(-1)
+        lut = torch.sort(pick[..., :round(0.1 * n)], -1).values.to(torch.int32).cuda()  # random 10 %, ascending
+        rplan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=BLOCK)
+        cases = [("window0+anchor0", w0, None, 4 * D * BLOCK * BLOCK * batch * sum(pair_counts(w0)[0])),
+                 ("random10", rplan, lut, 4 * D * BLOCK * BLOCK * int(lut.numel()))]
+        if g.length < 50000:
+            cases.insert(0, ("dense", all_dense, None, dense_flops))
+        firsts: dict = {}
+        for case, plan, lut_c, flops in cases:
+            for variant, cfg in SWEEP:
+                row = {"shape": name, "case": case, "variant": variant, "config": "/".join(map(str, cfg))}
+
+                def fn(plan=plan, lut_c=lut_c, variant=variant, cfg=cfg):
+                    return fused_attention(*comfy, plan, heads=heads, lut=lut_c, _lut_only=lut_c is not None,
+                                           _variant=variant, _config=cfg)
+                try:
+                    t0 = time.perf_counter()
+                    out = fn()
+                    torch.cuda.synchronize()
+                    row["first_call_s"] = round(time.perf_counter() - t0, 1)
+                    ref = firsts.setdefault(case, out)
+                    row["rel_vs_base"] = float((out.float() - ref.float()).norm() / ref.float().norm())
+                    del out
+                    ms = bench(fn, 150.0)[1]
+                    tf = flops / ms / 1e9
+                    row.update(ms=round(ms, 3), tflops=round(tf, 1), pct_peak=round(100 * tf / peak, 1),
+                               vs_sdpa=round(base_ms / ms, 2))
+                except Exception as e:  # noqa: BLE001 - a variant that does not compile is a row with its reason
+                    row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        firsts.clear()
+        comfy = bhld = None  # free the inputs before the next shape
+        torch.cuda.empty_cache()
+    return rows
+
+
+def sweep_table(rows: list) -> str:
+    out = ["| shape | case | variant | config BM/BN/warps/stages | ms | TFLOP/s | % peak | vs SDPA | rel. vs base |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['shape']} | {r['case']} | {r['variant']} | {r['config']} | {r['error'][:80]} | | | | |")
+        else:
+            rel = f"{r['rel_vs_base']:.1e}" if "rel_vs_base" in r else ""
+            out.append(f"| {r['shape']} | {r['case']} | {r['variant']} | {r['config']} | {r['ms']:.3f} | "
+                       f"{r['tflops']:.0f} | {r['pct_peak']:.0f} | {r['vs_sdpa']} | {rel} |")
+    return "\n".join(out)
+
+
 def table(rows: list) -> str:
     head = "| shape | case | provider | density | ms p20 / p50 / p80 | TFLOP/s | % peak | vs SDPA | note |"
     out = [head, "|---|---|---|---|---|---|---|---|---|"]
@@ -222,8 +314,19 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--providers", default="", help="comma-separated peer names to time (default: all)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out") + "/bench")
+    ap.add_argument("--sweep", action="store_true", help="time the kernel's variants x configs side by side instead")
     a = ap.parse_args()
     env = environment()
+    if a.sweep:
+        peak = matmul_peak()
+        print(f"sweep: bf16 matmul 8192^3 peak {peak:.1f} TFLOP/s on {env['gpu']}; {env}", flush=True)
+        rows = sweep(a.shapes.split(","), peak, env)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out + "_sweep.json").write_text(json.dumps({"env": env, "peak_tflops": peak, "rows": rows}, indent=1))
+        md = sweep_table(rows)
+        Path(a.out + "_sweep.md").write_text(md + "\n")
+        print(f"\nbf16 matmul peak {peak:.1f} TFLOP/s\n{md}")
+        return
     peers, reasons, peer_error = load_peers()
     if peer_error:
         print(f"bench: peers unavailable ({peer_error}); timing SparseFlow and torch SDPA only", flush=True)

@@ -2,7 +2,8 @@
 # On the GPU machine (the `run` tool, from the repo root, peers carried in .peers/ by bench/prepare_peers.sh):
 # GPU tests of the kernel and the op, then the bench; logs, JSON rows and the markdown table go to $OUT.
 #
-#   bash bench/run_gpu.sh [all|tests|bench]        SHAPES=wan13b_480p,wan14b_720p to pick bench shapes
+#   bash bench/run_gpu.sh [all|tests|bench|sweep]  SHAPES=wan13b_480p,wan14b_720p to pick bench shapes
+#   sweep: the fused kernel's code variants x launch configs side by side (bench_attention.py --sweep)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench_out}"
@@ -15,13 +16,18 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 rc=0
 if [[ "$STAGE" == all || "$STAGE" == tests ]]; then
     start=$(date +%s)
-    python3 -m pytest tests/test_kernels.py tests/test_ops.py -q -p no:cacheprovider -o addopts="-rs" \
+    python3 -m pytest tests/test_kernels.py tests/test_ops.py -q -s -p no:cacheprovider -o addopts="-rs" \
         --durations=8 2>&1 | tee "$OUT/tests.log"
     rc=${PIPESTATUS[0]}
     echo "run_gpu: tests exit $rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.log"
 fi
 if [[ "$STAGE" == all || "$STAGE" == bench ]]; then
     python3 bench/bench_attention.py --shapes "$SHAPES" --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+if [[ "$STAGE" == sweep ]]; then
+    python3 bench/bench_attention.py --sweep --shapes "${SWEEP_SHAPES:-wan13b_480p,wan14b_720p}" --out "$OUT/bench" \
+        2>&1 | tee "$OUT/sweep.log"
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 exit "$rc"

@@ -27,44 +27,15 @@ import triton.language as tl
 
 from kernels import configs
 from kernels.prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
+from kernels.ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
 from sparseflow.inputs import check_qkv, to_bhld
 from sparseflow.masks import topk_lut
 from sparseflow.plan import LINEAR, SPARSE, AttentionPlan
 
 __all__ = ["compiled_variants", "fused_attention"]
 
+
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _clip(s, e, cur):
-    """Part of block range [s, e) past `cur` (sweep over ranges in start order); returns (start, count, cur)."""
-    s2 = tl.maximum(s, cur)
-    n = tl.maximum(e - s2, 0)
-    cur2 = tl.where(e > s, tl.maximum(cur, e), cur)
-    return s2, n, cur2
-
-
-@triton.jit
-def _frame_blocks(f_lo, f_hi, P, F, T, BLOCK: tl.constexpr):
-    """Half-open range of spec blocks holding tokens of frames [f_lo, f_hi] (clamped); (0, 0) if none."""
-    lo = tl.maximum(f_lo, 0)
-    hi = tl.minimum(f_hi, T - 1)
-    s = (P + lo * F) // BLOCK
-    e = (P + (hi + 1) * F + BLOCK - 1) // BLOCK
-    ok = lo <= hi
-    return tl.where(ok, s, 0), tl.where(ok, e, 0)
-
-
-@triton.jit
-def _anchor_piece(ANCHORS, IDX: tl.constexpr, fl, fh, off, P, F, T, BLOCK: tl.constexpr):
-    """Clipped block range of anchor IDX: taken in the pass before the window (a < fl) and after it (a > fh)."""
-    a = tl.load(ANCHORS + IDX)
-    live = (a >= 0) & (a < T) & (off == 0)
-    s, e = _frame_blocks(a, a, P, F, T, BLOCK)
-    below = live & (a < fl)
-    above = live & (a > fh)
-    return s, e, below, above
 
 
 @triton.jit
@@ -89,17 +60,45 @@ def _online_update(acc, m_i, l_i, qk, v):
 
 
 @triton.jit
-def _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale,
-              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
-    """Exact attention to keys [start_n, start_n + BLOCK_N), keys >= lim masked (lim = L, or 0 for none)."""
+def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale,
+              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+              FAST: tl.constexpr, TMA: tl.constexpr):
+    """Exact attention to keys [start_n, start_n + BLOCK_N); with MASKED, keys >= lim are masked (lim = L, or 0).
+
+    FAST: the max is taken on the raw logits and qk_scale is folded into the exp2 argument (one FMA per
+    logit; scale > 0), and the l update follows the PV dot (Triton 06). TMA: K and V tiles come through
+    tensor descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED.
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    kmask = offs_n < lim
-    k = _op(tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0), UPCAST)
-    qk = tl.dot(q, k) * qk_scale
-    qk = tl.where(kmask[None, :], qk, -1.0e30)
-    v = _op(tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0), UPCAST)
-    return _online_update(acc, m_i, l_i, qk, v)
+    if TMA:
+        k = kd.load([start_n, 0]).T
+        v = vd.load([start_n, 0])
+    else:
+        offs_d = tl.arange(0, HEAD_DIM)
+        k_ptrs = k_base + offs_n[None, :] * stride_kl + offs_d[:, None]
+        v_ptrs = v_base + offs_n[:, None] * stride_vl + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=(offs_n < lim)[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=(offs_n < lim)[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+    k = _op(k, UPCAST)
+    v = _op(v, UPCAST)
+    qk = tl.dot(q, k)
+    if FAST:
+        if MASKED:
+            qk = tl.where((offs_n < lim)[None, :], qk, -1.0e30)
+        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        return acc, m_ij, l_i
+    else:  # the first version, kept to time against: scale, then mask every tile
+        qk = tl.where((offs_n < lim)[None, :], qk * qk_scale, -1.0e30)
+        return _online_update(acc, m_i, l_i, qk, v)
 
 
 def _fused_fwd_kernel(
@@ -109,13 +108,14 @@ def _fused_fwd_kernel(
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
     qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, FAST: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
 ):
     """O[b, h, rows of one query tile] = SparseFlow attention (spec §5); see the module docstring."""
     tl.static_assert(BLOCK % BLOCK_M == 0)
     tl.static_assert(BLOCK % BLOCK_N == 0)
     tl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)
     R: tl.constexpr = BLOCK // BLOCK_N
+    MASK_ALL: tl.constexpr = not FAST  # the first version masked every key tile
     NEG: tl.constexpr = -1.0e30
 
     # -- which (batch, head, query block) this program owns
@@ -143,6 +143,14 @@ def _fused_fwd_kernel(
                     mask=offs_m[:, None] < L, other=0.0), UPCAST)
     k_base = K + b64 * stride_kb + h64 * stride_kh
     v_base = V + b64 * stride_vb + h64 * stride_vh
+    if TMA:  # this (batch, head)'s K and V as [L, D] tensors: the copy engine zero-fills rows >= L
+        kd = tl.make_tensor_descriptor(k_base, shape=[L, HEAD_DIM], strides=[stride_kl, 1],
+                                       block_shape=[BLOCK_N, HEAD_DIM])
+        vd = tl.make_tensor_descriptor(v_base, shape=[L, HEAD_DIM], strides=[stride_vl, 1],
+                                       block_shape=[BLOCK_N, HEAD_DIM])
+    else:
+        kd = k_base
+        vd = v_base
     m_i = tl.full([BLOCK_M], NEG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -185,35 +193,64 @@ def _fused_fwd_kernel(
         n3 = n3 + m3
         s4 = tl.where(a3b, s4, u4)
         n4 = n4 + m4
-        n_struct = (n0 + n1 + n2 + n3 + n4 + n5 + n6) * R
+        # FAST: the partial last key block leaves its range and runs after the loop, masked; the loop masks nothing
+        tail = (L % BLOCK != 0) & (eff != 2)
+        if not FAST:
+            tail = tail & (L < 0)
+        k0, d0 = _drop_tail(s0, n0, tail, N)
+        k1, d1 = _drop_tail(s1, n1, tail, N)
+        k2, d2 = _drop_tail(s2, n2, tail, N)
+        k3, d3 = _drop_tail(s3, n3, tail, N)
+        k4, d4 = _drop_tail(s4, n4, tail, N)
+        k5, d5 = _drop_tail(s5, n5, tail, N)
+        k6, d6 = _drop_tail(s6, n6, tail, N)
+        tail_in = d0 | d1 | d2 | d3 | d4 | d5 | d6
+        n_struct = (k0 + k1 + k2 + k3 + k4 + k5 + k6) * R
 
         # -- structural key tiles: tile -> (piece, block) by a chain over the piece counts
-        for it in range(0, n_struct):
+        for it in tl.range(0, n_struct, warp_specialize=WS):
             c = it // R
             blk = s0 + c
-            c = c - n0
+            c = c - k0
             blk = tl.where(c >= 0, s1 + c, blk)
-            c = c - n1
+            c = c - k1
             blk = tl.where(c >= 0, s2 + c, blk)
-            c = c - n2
+            c = c - k2
             blk = tl.where(c >= 0, s3 + c, blk)
-            c = c - n3
+            c = c - k3
             blk = tl.where(c >= 0, s4 + c, blk)
-            c = c - n4
+            c = c - k4
             blk = tl.where(c >= 0, s5 + c, blk)
-            c = c - n5
+            c = c - k5
             blk = tl.where(c >= 0, s6 + c, blk)
             start_n = blk * BLOCK + (it % R) * BLOCK_N
-            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, start_n, L,
-                                      qk_scale, BLOCK_N, HEAD_DIM, UPCAST)
+            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, L,
+                                      qk_scale, BLOCK_N, HEAD_DIM, UPCAST, MASK_ALL, FAST, TMA)
+        # the partial last block: only its tiles that hold keys < L
+        last0 = (N - 1) * BLOCK
+        for it in range(0, tl.where(tail_in, (L - last0 + BLOCK_N - 1) // BLOCK_N, 0)):
+            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
+                                      last0 + it * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM, UPCAST, True, FAST, TMA)
 
-        # -- top-k key blocks from the LUT (disjoint from the structural set by construction)
+        # -- top-k key blocks from the LUT (disjoint from the structural set by construction); FAST: a row
+        # whose entries are all valid and miss the partial last block runs unmasked
         kq = tl.where(eff == 1, tl.minimum(topk, KL), 0)
-        for it in range(0, kq * R):
-            sel = tl.load(lut_row + it // R)
-            start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
-            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, start_n,
-                                      tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM, UPCAST)
+        clean = kq < 0
+        if FAST:
+            clean = _lut_clean(lut_row, kq, N, L % BLOCK != 0)
+        if clean:
+            for it in range(0, kq * R):
+                sel = tl.load(lut_row + it // R)
+                acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
+                                          sel * BLOCK + (it % R) * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM,
+                                          UPCAST, False, FAST, TMA)
+        else:
+            for it in range(0, kq * R):
+                sel = tl.load(lut_row + it // R)
+                start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
+                acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
+                                          start_n, tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM,
+                                          UPCAST, True, FAST, TMA)
 
         # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
         n_comp = tl.where((eff == 1) & (COMP != 0), (N + BLOCK_N - 1) // BLOCK_N, 0)
@@ -311,13 +348,16 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
 
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
-                    heads: int | None = None, lut: torch.Tensor | None = None, _lut_only: bool = False) -> torch.Tensor:
+                    heads: int | None = None, lut: torch.Tensor | None = None, _lut_only: bool = False,
+                    _variant: str | None = None, _config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """SparseFlow attention of one call in one fused Triton launch (plus the small pre-pass).
 
     Same contract as `sparseflow.reference.reference_attention`: (B, H, L, D) or (B, L, H*D) with `heads`,
     fp16/bf16, D in {64, 128}; returns q's layout and dtype. `lut` is the (B, H, N, K) top-k LUT of
     `masks.topk_lut` (computed when None and a sparse head has topk > 0). `_lut_only` (bench only) makes
-    sparse heads compute just the LUT's blocks, to time a given random block mask.
+    sparse heads compute just the LUT's blocks, to time a given random block mask. `_variant` (a name of
+    `configs.VARIANTS`) and `_config` ((BLOCK_M, BLOCK_N, num_warps, num_stages), skipping the autotuner) are
+    for the bench's side-by-side sweep.
     """
     bsz, nh, length, d = check_qkv(q, k, v, plan, heads, op="fused_attention")
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -359,14 +399,17 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
             qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
             int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
-    kern = _kernel()
-    if configs.INTERPRET:
-        cfg = configs.interpret_config()
+    flags = configs.kernel_flags(_variant, kb, vb)
+    if configs.INTERPRET or _config is not None:
+        if _config is None:
+            cfg = configs.interpret_config()
+        else:
+            cfg = dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), _config))
         grid = (math.ceil(length / cfg["BLOCK_M"]), bsz * nh)
-        kern[grid](*args, HEAD_DIM=d, BLOCK=block, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], UPCAST=True,
-                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        _jit_kernel[grid](*args, HEAD_DIM=d, BLOCK=block, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                          UPCAST=configs.INTERPRET, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **flags)
     else:
         def grid(meta):
             return (triton.cdiv(length, meta["BLOCK_M"]), bsz * nh)
-        kern[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False)
+        _kernel()[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False, **flags)
     return out

@@ -96,7 +96,8 @@ def backend_for(q: torch.Tensor, plan: AttentionPlan, backend: str | None = None
     return name
 
 
-def _sdpa_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None) -> torch.Tensor:
+def _sdpa_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None,
+                scale: float | None = None) -> torch.Tensor:
     """Dense attention through torch SDPA with ComfyUI's backend priority (cuDNN, Flash, MemEfficient, Math)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -107,20 +108,20 @@ def _sdpa_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | 
         qb, kb, vb = q, k, v
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     with sdpa_kernel(order, set_priority=True):
-        out = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb)
+        out = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, scale=scale)
     return out if q.dim() == 4 else out.transpose(1, 2).reshape(q.shape)
 
 
 def _run(q, k, v, plan: AttentionPlan, heads: int | None, backend: str | None) -> torch.Tensor:
     name = backend_for(q, plan, backend)
     if name == "triton":
-        if all(r == DENSE for r in plan.routes) and plan.scale is None:
+        if all(r == DENSE for r in plan.routes):
             # An all-dense call has nothing to skip: the fastest exact kernel there is does it (the fallback
             # costs nothing). Mixed calls keep the one fused launch.
             if ("sdpa-dense",) not in _logged:
                 _logged.add(("sdpa-dense",))
                 log.info("sparseflow attention: all-dense calls run on torch SDPA (cuDNN first)")
-            return _sdpa_dense(q, k, v, heads)
+            return _sdpa_dense(q, k, v, heads, plan.scale)
         return _triton_fn()(q, k, v, plan, heads=heads)
     return reference_attention(q, k, v, plan, heads=heads)
 

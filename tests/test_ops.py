@@ -121,3 +121,34 @@ def test_all_dense_call_equals_dense_attention_on_every_backend(layout):
     rel = float((out.float() - ref).norm() / ref.norm())
     print(f"\nall-dense via SDPA ({layout}): rel. error {rel:.2e} vs the fp32 reference")
     assert out.shape == q.shape and out.dtype == q.dtype and rel < 1e-2
+
+
+def test_all_dense_plan_runs_torch_sdpa_not_the_kernel_logs_once_and_equals_dense(monkeypatch, caplog):
+    """The triton backend hands an all-dense call to torch SDPA (ComfyUI's backend priority), on CPU too."""
+    plan = uniform_plan(G, 3, route=DENSE, block=64)
+    q, k, v = _qkv()
+    dense = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double()).float()
+    torch.testing.assert_close(ops.attention(q, k, v, plan, backend="reference"), dense, atol=1e-5, rtol=1e-5)
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("the fused kernel ran for an all-dense call")
+
+    monkeypatch.setattr(ops, "_triton_import", {"fn": no_kernel, "error": None})
+    monkeypatch.setattr(ops, "backend_for", lambda q, plan, backend=None: "triton")  # CPU: as if CUDA were here
+    ops._logged.discard(("sdpa-dense",))
+    with caplog.at_level(logging.INFO, logger="sparseflow.ops"):
+        out = ops._run(q, k, v, plan, None, "triton")
+        blhd = [x.transpose(1, 2).reshape(2, G.length, 3 * 64) for x in (q, k, v)]
+        out_blhd = ops._run(*blhd, plan, 3, "triton")
+        scaled = ops._run(q, k, v, uniform_plan(G, 3, route=DENSE, block=64, scale=0.05), None, "triton")
+    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_blhd, dense.transpose(1, 2).reshape(2, G.length, 3 * 64), atol=1e-5, rtol=1e-5)
+    scaled_ref = reference_attention(q, k, v, uniform_plan(G, 3, route=DENSE, block=64, scale=0.05))
+    torch.testing.assert_close(scaled, scaled_ref, atol=1e-5, rtol=1e-5)
+    assert sum("all-dense calls run on torch SDPA" in r.getMessage() for r in caplog.records) == 1
+
+    ran = []
+    monkeypatch.setattr(ops, "_triton_import", {"fn": lambda q, k, v, plan, heads=None: ran.append(plan) or q,
+                                                "error": None})
+    ops._run(q, k, v, PLAN, None, "triton")  # a mixed plan keeps the fused launch
+    assert ran == [PLAN]
