@@ -106,15 +106,24 @@ def key_block_ranges(geometry: Geometry, block: int, i: int, window: int,
     return tuple(merge_ranges(ranges))
 
 
-def structural_block_mask(geometry: Geometry, block: int, window: int, anchors: tuple[int, ...] = (0,),
-                          device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, N) bool: True where query block i computes key block j structurally. For top-k and tests."""
+@lru_cache(maxsize=64)
+def _structural_block_mask_cpu(geometry: Geometry, block: int, window: int, anchors: tuple[int, ...]) -> torch.Tensor:
     n = num_blocks(geometry.length, block)
     mask = torch.zeros(n, n, dtype=torch.bool)
     for i in range(n):
         for s, e in key_block_ranges(geometry, block, i, window, anchors):
             mask[i, s:e] = True
-    return mask.to(device)
+    return mask
+
+
+def structural_block_mask(geometry: Geometry, block: int, window: int, anchors: tuple[int, ...] = (0,),
+                          device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, N) bool: True where query block i computes key block j structurally. For top-k and tests.
+
+    Built once per (geometry, block, window, anchors): top-k calls it on every attention call. A new tensor
+    is returned each time, so callers may modify it.
+    """
+    return _structural_block_mask_cpu(geometry, block, window, tuple(anchors)).to(device, copy=True)
 
 
 def block_means(x: torch.Tensor, block: int) -> torch.Tensor:
