@@ -120,6 +120,7 @@ class PatchConfig:
     window: int = -1  # -1 = the schedule's window
     sigma_max: float = 1.0
     node_id: str | None = None
+    fuse_qk_norm_rope: bool = True
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .hook import (
     on_prepare_state,
     unwrap_previous,
 )
+from .prologue import fused_forward_patches
 from .types import RoutingType, ScheduleType, advanced, schema
 
 __all__ = ["BACKEND_CHOICES", "SUPPORTED", "SparseFlowPatch", "WanInfo", "apply_sparseflow", "check_backend",
@@ -115,12 +116,15 @@ def resolve_routing(routing: RoutingMap | None, overrides: str | Mapping[str, st
 def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: RoutingMap | None = None,
                      sparsity: float = 0.5, window: int = -1, anchors: tuple[int, ...] = (0,),
                      linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
-                     overrides: str | Mapping[str, str] = "{}", node_id: str | None = None):
+                     overrides: str | Mapping[str, str] = "{}", node_id: str | None = None,
+                     fuse_qk_norm_rope: bool = True):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
     Installs, under the key "sparseflow": the state in transformer_options, the attention override (chained
     onto any existing one), a DIFFUSION_MODEL wrapper, per-block index patches and ON_PREPARE_STATE /
-    ON_CLEANUP callbacks. Patching a patched model replaces the earlier SparseFlow patch.
+    ON_CLEANUP callbacks. Patching a patched model replaces the earlier SparseFlow patch. With
+    `fuse_qk_norm_rope`, each block's self_attn.forward is an object patch running the fused QK-norm + RoPE
+    prologue (nodes/prologue.py) where ComfyUI's forward is one it mirrors; otherwise the log says why not.
     """
     import comfy.patcher_extension as pe
 
@@ -136,7 +140,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     rmap = resolve_routing(routing, overrides, info)
     sigma_max = float(getattr(model.get_model_object("model_sampling"), "sigma_max", 1.0))
     config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
-                         tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id)
+                         tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id,
+                         bool(fuse_qk_norm_rope))
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
@@ -151,9 +156,23 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     for call_type, fn in ((pe.CallbacksMP.ON_PREPARE_STATE, on_prepare_state), (pe.CallbacksMP.ON_CLEANUP, on_cleanup)):
         m.remove_callbacks_with_key(call_type, SPARSEFLOW_KEY)
         m.add_callback_with_key(call_type, SPARSEFLOW_KEY, fn)
+    _set_prologue_patches(m, bool(fuse_qk_norm_rope))
     log.info("SparseFlow: patched %s (%s, %dx%d heads), schedule %s, %s, backend %s", info.config_name,
              info.family, info.layers, info.heads, sched.name, summary(rmap), backend)
     return m
+
+
+def _set_prologue_patches(m, fuse: bool) -> None:
+    """Install (or, patching again with fuse off, remove) the fused QK-norm + RoPE forward object patches."""
+    for key in [k for k, v in m.object_patches.items() if getattr(v, "_sparseflow", False)]:
+        del m.object_patches[key]
+    if not fuse:
+        return
+    patches, why = fused_forward_patches(m.get_model_object("diffusion_model"))
+    if why is not None:
+        log.warning("SparseFlow: QK-norm + RoPE stay ComfyUI's own: %s", why)
+    for key, fn in patches.items():
+        m.add_object_patch(key, fn)
 
 
 def patch_text(model) -> str:
@@ -212,6 +231,10 @@ class SparseFlowPatch(io.ComfyNode):
                 io.String.Input("routing_overrides", default="{}", multiline=False,
                                 tooltip='Per-head routes set in the grid, JSON {"layer.head": "dense"|"sparse"|'
                                         '"linear"}, applied on top of the routing input.'),
+                io.Boolean.Input("fuse_qk_norm_rope", default=True, optional=True,  # old API prompts lack it
+                                 tooltip="Run Wan's QK RMSNorm + RoPE as one fused kernel before attention (same "
+                                         "result up to one rounding, faster). Off: ComfyUI's own code.",
+                                 **advanced(io.Boolean.Input)),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
@@ -220,12 +243,13 @@ class SparseFlowPatch(io.ComfyNode):
     @classmethod
     def execute(cls, *, model: io.Model.Type, sparsity: float, window: int, anchor_frames: int, linear_kind: str,
                 backend: str, block_size: str, routing_overrides: str, schedule: Schedule | None = None,
-                routing: RoutingMap | None = None) -> io.NodeOutput:
+                routing: RoutingMap | None = None, fuse_qk_norm_rope: bool = True) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         patched = apply_sparseflow(model, schedule=schedule, routing=routing, sparsity=sparsity, window=window,
                                    anchors=tuple(range(anchor_frames)), linear_kind=linear_kind, backend=backend,
                                    block=int(block_size), overrides=routing_overrides,
-                                   node_id=None if node_id is None else str(node_id))
+                                   node_id=None if node_id is None else str(node_id),
+                                   fuse_qk_norm_rope=fuse_qk_norm_rope)
         rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].config.routing
         base = resolve_routing(routing, "{}", wan_info(model))
         return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap, base)],

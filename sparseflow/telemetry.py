@@ -33,10 +33,15 @@ class RunTelemetry:
 
     calls: list[CallRecord] = field(default_factory=list)
     passthrough: dict[str, int] = field(default_factory=dict)
+    prologue: dict[str, int] = field(default_factory=dict)  # "fused" or why ComfyUI's QK-norm + RoPE ran -> calls
 
     def reset(self) -> None:
         self.calls.clear()
         self.passthrough.clear()
+        self.prologue.clear()
+
+    def note_prologue(self, kind: str) -> None:
+        self.prologue[kind] = self.prologue.get(kind, 0) + 1
 
     def record(self, rec: CallRecord) -> None:
         self.calls.append(rec)
@@ -93,4 +98,7 @@ class RunTelemetry:
                 f"est. attention FLOPs saved {100 * self.flops_saved():.0f}%, backend {'+'.join(self.backends())}")
         if self.passthrough:
             text += "; passed to ComfyUI attention: " + ", ".join(f"{k} x{v}" for k, v in self.passthrough.items())
+        if self.prologue:
+            text += "; QK-norm + RoPE: " + ", ".join(
+                ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in self.prologue.items())
         return text

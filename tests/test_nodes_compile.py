@@ -40,4 +40,5 @@ def test_torch_compile_model_node_keeps_a_patched_model_working(comfy, pack, tin
     state = compiled.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
     assert state.last is not None and len(state.last.calls) == eager_calls > 0
     assert state.last.backends() == ["reference"]
+    assert state.last.prologue == {"fused": eager_calls}  # the fused QK-norm + RoPE op traced too
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)

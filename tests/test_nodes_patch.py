@@ -60,7 +60,8 @@ def test_all_dense_routing_matches_unpatched_model_bit_for_bit(comfy, pack, tiny
         kwargs = {"routing": routing_preset("all_dense", 2, 2)}
     else:
         kwargs = {"schedule": schedule_preset("dense")}
-    patched = pack.patch.apply_sparseflow(model, backend="reference", block=64, **kwargs)
+    # the fused QK-norm + RoPE prologue is off here: it rounds differently (tests/test_nodes_prologue.py)
+    patched = pack.patch.apply_sparseflow(model, backend="reference", block=64, fuse_qk_norm_rope=False, **kwargs)
     out = _sample(comfy, patched, tw.WAN21_T2V, BIG)
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
     tel = _state(pack, patched).last

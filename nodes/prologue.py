@@ -1,0 +1,139 @@
+"""The fused QK-norm + RoPE prologue behind the SparseFlow patch: a per-model `self_attn.forward` object patch.
+
+ComfyUI's `WanSelfAttention.forward` normalises q and k (RMSNorm over all heads) and applies RoPE in fp32 in
+several passes before calling attention (about 8 % of a Wan 1.3B step on an H100). With the patch option
+`fuse_qk_norm_rope`, each block's `self_attn.forward` is replaced, through ComfyUI's own object patches
+(`ModelPatcher.add_object_patch`, undone when the model is unpatched), by `fused_forward` below: the same
+four projections and the same `optimized_attention` call of Wan's module (so every override, SparseFlow's
+included, still applies), with q and k made by `sparseflow.prologue.norm_rope_qk` in one launch.
+
+It replaces only a forward it knows: the AST fingerprint of `type(module).forward` must be one in
+`KNOWN_FORWARDS` (the code this replacement mirrors); any other ComfyUI version keeps its own forward, said
+once in the log. Per call, inputs the prologue does not take (CPU with the triton backend, fp32, casting
+weights with LoRA functions, another RoPE layout) run ComfyUI's own forward, counted in the run telemetry
+and said once in the log.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import logging
+import sys
+import textwrap
+
+import torch
+
+from sparseflow import prologue
+
+from .hook import SPARSEFLOW_KEY, SparseFlowState, log_once
+
+__all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward"]
+
+log = logging.getLogger("sparseflow.nodes")
+
+# AST fingerprints (sha256 of ast.dump, 16 hex) of the WanSelfAttention.forward bodies `fused_forward` mirrors
+KNOWN_FORWARDS = {
+    "695a344f677f0d20": "ComfyUI 0.3.64 (a125cd84): q/k norm, apply_rope1, optimized_attention(q, k, v, heads, "
+                        "transformer_options)",
+}
+FUSED = "fused"
+_fingerprints: dict[type, str] = {}
+
+
+def forward_fingerprint(cls: type) -> str:
+    """16-hex AST fingerprint of `cls.forward` (comments and formatting do not change it), or 'unreadable'."""
+    if cls not in _fingerprints:
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+            _fingerprints[cls] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+        except (OSError, TypeError, SyntaxError):
+            _fingerprints[cls] = "unreadable"
+    return _fingerprints[cls]
+
+
+def _norm_weight(norm: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
+    """The RMSNorm weight on x's device, or (None, why the prologue cannot use it)."""
+    w = getattr(norm, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return None, "QK norm has no weight (qk_norm off)"
+    if getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
+        return None, "QK norm weight has patch functions (LoRA on the norm)"
+    if w.device != x.device:
+        if not getattr(norm, "comfy_cast_weights", False):
+            return None, f"QK norm weight on {w.device}, input on {x.device}"
+        w = w.to(device=x.device, non_blocking=True)  # ComfyUI's cast_bias_weight, without functions
+    return w, None
+
+
+def _eps(norm: torch.nn.Module, x: torch.Tensor) -> float:
+    eps = getattr(norm, "eps", None)
+    return float(eps) if eps is not None else float(torch.finfo(x.dtype).eps)  # torch.nn.RMSNorm's default
+
+
+def _prologue_backend(state: SparseFlowState, x: torch.Tensor) -> tuple[str | None, str | None]:
+    """(backend, None) for the prologue on this input, or (None, why ComfyUI's own path runs)."""
+    if state.config.backend == "reference":
+        return "reference", None
+    reason = prologue.triton_reason(x)
+    if reason is not None:
+        return None, f"fused prologue cannot run: {reason}"
+    return "triton", None
+
+
+def make_fused_forward(module: torch.nn.Module):
+    """A replacement for `module.forward` (a WanSelfAttention of a known forward) with the fused prologue."""
+    original = type(module).forward.__get__(module)
+    wan = sys.modules[type(module).__module__]
+
+    def fused_forward(x, freqs, transformer_options={}, **kwargs):  # noqa: B006 - ComfyUI's signature
+        to = transformer_options
+        state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
+        why = None
+        if kwargs:
+            why = f"unexpected arguments {sorted(kwargs)}"
+        elif not isinstance(state, SparseFlowState):
+            why = "no SparseFlow state in transformer_options"
+        if why is None:
+            backend, why = _prologue_backend(state, x)
+        if why is None:
+            wq, why = _norm_weight(module.norm_q, x)
+        if why is None:
+            wk, why = _norm_weight(module.norm_k, x)
+        if why is None:
+            q, k = module.q(x), module.k(x)
+            why = prologue.prologue_reason(q, wq, freqs, module.head_dim)
+        if why is not None:
+            if isinstance(state, SparseFlowState):
+                state.telemetry.note_prologue(why)
+            log_once(("prologue", why), "SparseFlow: QK-norm + RoPE stay ComfyUI's own here: %s", why)
+            return original(x, freqs, transformer_options=transformer_options, **kwargs)
+        q, k = prologue.norm_rope_qk(q, k, wq.to(q.dtype), wk.to(q.dtype), freqs, _eps(module.norm_q, q),
+                                     module.head_dim, backend)
+        state.telemetry.note_prologue(FUSED)
+        out = wan.optimized_attention(q, k, module.v(x), heads=module.num_heads, transformer_options=to)
+        return module.o(out)
+
+    fused_forward._sparseflow = True
+    return fused_forward
+
+
+def fused_forward_patches(dm: torch.nn.Module) -> tuple[dict[str, object], str | None]:
+    """Object patches {"diffusion_model.<blocks|vace_blocks>.i.self_attn.forward": fused forward} for every
+    block, or ({}, why not) when a block's self-attention forward is not one SparseFlow mirrors."""
+    if not len(getattr(dm, "blocks", None) or ()):
+        return {}, "the diffusion model has no blocks"
+    patches: dict[str, object] = {}
+    for group in ("blocks", "vace_blocks"):
+        for i, block in enumerate(getattr(dm, group, None) or ()):
+            attn = getattr(block, "self_attn", None)
+            if attn is None:
+                return {}, f"{group}[{i}] has no self_attn"
+            fp = forward_fingerprint(type(attn))
+            if fp not in KNOWN_FORWARDS:
+                return {}, (f"{type(attn).__module__}.{type(attn).__qualname__}.forward of this ComfyUI "
+                            f"(fingerprint {fp}) is not one SparseFlow's fused prologue mirrors (known: "
+                            f"{', '.join(KNOWN_FORWARDS.values())})")
+            patches[f"diffusion_model.{group}.{i}.self_attn.forward"] = make_fused_forward(attn)
+    return patches, None

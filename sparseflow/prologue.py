@@ -1,0 +1,121 @@
+"""The Wan self-attention prologue, fused: RMSNorm of q and k (over all heads), affine weight, RoPE.
+
+ComfyUI's `WanSelfAttention.forward` runs `norm_q(q(x))`, `apply_rope1` (an fp32 upcast, two multiplies and
+an add over a (…, D/2, 2, 2) table, then a cast back), and the same for k: about 8 % of a Wan 2.1 1.3B step
+on an H100 (docs/performance.md). `norm_rope_qk` does both in one pass (kernels/norm_rope.py) behind the
+`sparseflow::norm_rope_qk` custom op (a fake implementation, so torch.compile traces through it).
+
+Semantics (the reference below): y = x * rsqrt(mean(x², over C) + eps) * w, computed in fp32, then for
+every head and pair i: (y[2i], y[2i+1]) <- F[i] @ (y[2i], y[2i+1]) with F = freqs[b, l, 0, i] (2 x 2), cast to
+x's dtype once at the end. ComfyUI rounds to x's dtype after the norm and again after the weight; this keeps
+fp32 until the end, so the two differ by about one rounding of the input dtype (tests/test_prologue.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+__all__ = ["PROLOGUE_BACKENDS", "norm_rope_qk", "norm_rope_reference", "prologue_reason"]
+
+log = logging.getLogger("sparseflow.prologue")
+
+PROLOGUE_BACKENDS = ("triton", "reference")
+_triton_import: dict = {}
+
+
+def norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, freqs: torch.Tensor, eps: float,
+                        head_dim: int) -> torch.Tensor:
+    """RMSNorm over the last dim with `weight`, then RoPE with ComfyUI's (Bf, L, 1, D/2, 2, 2) table.
+
+    Computed in fp32 (fp64 for fp64 input), rounded to x's dtype once.
+    """
+    b, length, c = x.shape
+    wide = torch.promote_types(x.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
+    xf = x.to(wide)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(wide)
+    y = y.view(b, length, c // head_dim, head_dim // 2, 1, 2)
+    f = freqs.to(wide)
+    out = f[..., 0] * y[..., 0] + f[..., 1] * y[..., 1]
+    return out.reshape(b, length, c).to(x.dtype)
+
+
+def prologue_reason(x: torch.Tensor, weight: object, freqs: object, head_dim: int) -> str | None:
+    """None when the fused prologue takes these inputs, else why not (the caller keeps ComfyUI's own path)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        return "q/k are not (B, L, C)"
+    b, length, c = x.shape
+    if head_dim % 2 or c % head_dim:
+        return f"head_dim {head_dim} does not divide the model dim {c} into even heads"
+    if x.stride(-1) != 1:
+        return "q/k last dim is not contiguous"
+    if not isinstance(weight, torch.Tensor) or weight.shape != (c,) or weight.device != x.device:
+        return "norm weight missing, of another shape or on another device"
+    if not isinstance(freqs, torch.Tensor) or freqs.dtype != torch.float32:
+        return "RoPE table is not a float32 tensor"
+    if freqs.dim() != 6 or tuple(freqs.shape[1:]) != (length, 1, head_dim // 2, 2, 2) or freqs.shape[0] not in (1, b):
+        return f"RoPE table shape {tuple(freqs.shape)} is not (1 or B, L, 1, D/2, 2, 2)"
+    if freqs.device != x.device:
+        return "RoPE table on another device"
+    return None
+
+
+def _triton_fn():
+    if "fn" not in _triton_import:
+        try:
+            from kernels.norm_rope import norm_rope_qk as fn
+            _triton_import["fn"], _triton_import["error"] = fn, None
+        except Exception as e:  # noqa: BLE001 - recorded as the reason
+            _triton_import["fn"], _triton_import["error"] = None, f"{type(e).__name__}: {e}"
+    return _triton_import["fn"]
+
+
+def triton_reason(x: torch.Tensor | None = None) -> str | None:
+    """None when the Triton prologue can run (for x, when given), else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if _triton_fn() is None:
+        return f"cannot import kernels.norm_rope ({_triton_import['error']})"
+    if x is not None:
+        if x.device.type != "cuda":
+            return f"input on {x.device}"
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            return f"dtype {x.dtype} (the kernel takes float16/bfloat16)"
+    return None
+
+
+@torch.library.custom_op("sparseflow::norm_rope_qk", mutates_args=())
+def _norm_rope_op(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
+                  eps: float, head_dim: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        return _triton_fn()(q, k, wq, wk, freqs, eps, head_dim)
+    return (norm_rope_reference(q, wq, freqs, eps, head_dim), norm_rope_reference(k, wk, freqs, eps, head_dim))
+
+
+@_norm_rope_op.register_fake
+def _norm_rope_fake(q, k, wq, wk, freqs, eps, head_dim, backend):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), \
+        torch.empty_like(k, memory_format=torch.contiguous_format)
+
+
+def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
+                 eps: float, head_dim: int, backend: str = "triton") -> tuple[torch.Tensor, torch.Tensor]:
+    """(RoPE(RMSNorm(q) * wq), RoPE(RMSNorm(k) * wk)) as new (B, L, C) tensors in q's dtype.
+
+    backend "triton" (one launch for both) or "reference" (PyTorch, any device). Raises ValueError naming
+    the input when the layout is not one the prologue takes (`prologue_reason`).
+    """
+    if backend not in PROLOGUE_BACKENDS:
+        raise ValueError(f"sparseflow.prologue: backend must be one of {PROLOGUE_BACKENDS}; got {backend!r}")
+    for name, x, w in (("q", q, wq), ("k", k, wk)):
+        reason = prologue_reason(x, w, freqs, head_dim)
+        if reason is not None:
+            raise ValueError(f"sparseflow.prologue: {name}: {reason}")
+    if q.shape != k.shape or q.dtype != k.dtype:
+        raise ValueError(f"sparseflow.prologue: q {tuple(q.shape)} {q.dtype} and k {tuple(k.shape)} {k.dtype} differ")
+    if backend == "triton":
+        reason = triton_reason(q)
+        if reason is not None:
+            raise ValueError(f"sparseflow.prologue: backend 'triton' cannot run: {reason}")
+    return _norm_rope_op(q, k, wq, wk, freqs, float(eps), int(head_dim), backend)
