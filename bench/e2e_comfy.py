@@ -10,6 +10,8 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sage             every attention call through ComfyUI's attention_sage (what --use-sage-attention does)
   sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (bench/e2e/overrides.py)
   sparseflow       nodes/patch.py apply_sparseflow: default schedule and routing presets, backend triton
+                   (with the fused QK-norm + RoPE prologue, the patch's default)
+  sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
   <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
 
@@ -138,6 +140,8 @@ class Bench:
             notes["sigma_window"] = [notes["sol_patch"].sigma_end, notes["sol_patch"].sigma_start]
         elif base == "sparseflow":
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend)
+        elif base == "sparseflow_nofuse":  # ComfyUI's own QK-norm + RoPE: isolates the fused prologue's gain
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_qk_norm_rope=False)
         elif base == "sparseflow_cal":
             rmap, seconds, report = self._calibration()
             notes["calibration_s"] = seconds

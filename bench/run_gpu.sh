@@ -2,8 +2,10 @@
 # On the GPU machine (the `run` tool, from the repo root, peers carried in .peers/ by bench/prepare_peers.sh):
 # GPU tests of the kernel and the op, then the bench; logs, JSON rows and the markdown table go to $OUT.
 #
-#   bash bench/run_gpu.sh [all|tests|bench|sweep]  SHAPES=wan13b_480p,wan14b_720p to pick bench shapes
+#   bash bench/run_gpu.sh [all|tests|bench|sweep|profile|prologue]  SHAPES=wan13b_480p,wan14b_720p picks bench shapes
 #   sweep: the fused kernel's code variants x launch configs side by side (bench_attention.py --sweep)
+#   profile: Nsight Compute on one launch per case of bench/profile_kernel.py (CASES=w0_13b,dense_13b,w0_14b)
+#   prologue: the fused QK-norm + RoPE prologue against ComfyUI's code path (bench/bench_prologue.py)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench_out}"
@@ -28,6 +30,18 @@ fi
 if [[ "$STAGE" == sweep ]]; then
     python3 bench/bench_attention.py --sweep --shapes "${SWEEP_SHAPES:-wan13b_480p,wan14b_720p}" --out "$OUT/bench" \
         2>&1 | tee "$OUT/sweep.log"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+if [[ "$STAGE" == profile ]]; then
+    ncu --profile-from-start off --clock-control none --kernel-name regex:'_fused_fwd_kernel|_norm_rope_kernel' \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section InstructionStats \
+        python3 bench/profile_kernel.py --cases "${CASES:-w0_13b,dense_13b,w0_14b}" --prologue 2>&1 | tee "$OUT/ncu.txt"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+if [[ "$STAGE" == prologue ]]; then
+    python3 bench/bench_prologue.py --out "$OUT" 2>&1 | tee "$OUT/prologue.log"
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 exit "$rc"

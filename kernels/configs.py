@@ -10,7 +10,9 @@ so one GPU run can time them side by side (`bench_attention.py --sweep`); timing
 - "base": the first version: every key tile masked, logits scaled then masked;
 - "fast": only the partial last key block's tiles are masked, qk_scale folded into the exp2 argument (one FMA);
 - "tma": "fast" with K/V tiles through on-device tensor descriptors (Hopper copy engine);
-- "tma_ws": "tma" with Triton's automatic warp specialization of the structural loop.
+- "tma_ws": "tma" with Triton's automatic warp specialization of the structural loop;
+- "tma_lean": "tma" compiled per call kind: the top-k LUT, compensation and linear paths only when the call
+  has them (constexpr HAS_LUT / HAS_COMP / HAS_LINEAR), so the main loop carries fewer live registers.
 """
 
 from __future__ import annotations
@@ -29,16 +31,17 @@ log = logging.getLogger("sparseflow.kernels")
 _logged: set = set()
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "FAST", "TMA", "WS"]
+AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "FAST", "TMA", "WS", "HAS_LUT", "HAS_COMP", "HAS_LINEAR"]
 ENV_VARIANT = "SPARSEFLOW_KERNEL_VARIANT"
 
 VARIANTS = {
-    "base": {"FAST": False, "TMA": False, "WS": False},
-    "fast": {"FAST": True, "TMA": False, "WS": False},
-    "tma": {"FAST": True, "TMA": True, "WS": False},
-    "tma_ws": {"FAST": True, "TMA": True, "WS": True},
+    "base": {"FAST": False, "TMA": False, "WS": False, "LEAN": False},
+    "fast": {"FAST": True, "TMA": False, "WS": False, "LEAN": False},
+    "tma": {"FAST": True, "TMA": True, "WS": False, "LEAN": False},
+    "tma_ws": {"FAST": True, "TMA": True, "WS": True, "LEAN": False},
+    "tma_lean": {"FAST": True, "TMA": True, "WS": False, "LEAN": True},
 }
-DEFAULT_VARIANT = "tma"
+DEFAULT_VARIANT = "tma_lean"
 
 _SPACE = [
     # (BLOCK_M, BLOCK_N, num_warps, num_stages). The H100 sweep of 2026-11-25 (docs/performance.md): 128/128/8/3

@@ -109,6 +109,7 @@ def _fused_fwd_kernel(
     qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, FAST: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
+    HAS_LUT: tl.constexpr = True, HAS_COMP: tl.constexpr = True, HAS_LINEAR: tl.constexpr = True,
 ):
     """O[b, h, rows of one query tile] = SparseFlow attention (spec §5); see the module docstring."""
     tl.static_assert(BLOCK % BLOCK_M == 0)
@@ -232,45 +233,51 @@ def _fused_fwd_kernel(
             acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
                                       last0 + it * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM, UPCAST, True, FAST, TMA)
 
-        # -- top-k key blocks from the LUT (disjoint from the structural set by construction); FAST: a row
-        # whose entries are all valid and miss the partial last block runs unmasked
+        # (HAS_LUT / HAS_COMP / HAS_LINEAR: constexpr, False compiles a path this call never takes out)
         kq = tl.where(eff == 1, tl.minimum(topk, KL), 0)
-        clean = kq < 0
-        if FAST:
-            clean = _lut_clean(lut_row, kq, N, L % BLOCK != 0)
-        if clean:
-            for it in range(0, kq * R):
-                sel = tl.load(lut_row + it // R)
-                acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
-                                          sel * BLOCK + (it % R) * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM,
-                                          UPCAST, False, FAST, TMA)
-        else:
-            for it in range(0, kq * R):
-                sel = tl.load(lut_row + it // R)
-                start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
-                acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
-                                          start_n, tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM,
-                                          UPCAST, True, FAST, TMA)
+        if HAS_LUT:
+            # -- top-k key blocks from the LUT (disjoint from the structural set by construction); FAST: a row
+            # whose entries are all valid and miss the partial last block runs unmasked
+            clean = kq < 0
+            if FAST:
+                clean = _lut_clean(lut_row, kq, N, L % BLOCK != 0)
+            if clean:
+                for it in range(0, kq * R):
+                    sel = tl.load(lut_row + it // R)
+                    acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
+                                              sel * BLOCK + (it % R) * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM,
+                                              UPCAST, False, FAST, TMA)
+            else:
+                for it in range(0, kq * R):
+                    sel = tl.load(lut_row + it // R)
+                    start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
+                    acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
+                                              start_n, tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM,
+                                              UPCAST, True, FAST, TMA)
 
-        # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
-        n_comp = tl.where((eff == 1) & (COMP != 0), (N + BLOCK_N - 1) // BLOCK_N, 0)
-        for it in range(0, n_comp):
-            j = it * BLOCK_N + tl.arange(0, BLOCK_N)
-            inside = ((j >= s0) & (j < s0 + n0)) | ((j >= s1) & (j < s1 + n1)) | ((j >= s2) & (j < s2 + n2))
-            inside = inside | ((j >= s3) & (j < s3 + n3)) | ((j >= s4) & (j < s4 + n4))
-            inside = inside | ((j >= s5) & (j < s5 + n5)) | ((j >= s6) & (j < s6 + n6))
-            skip = (j < N) & (~inside)
-            for kk in range(0, kq):
-                skip = skip & (j != tl.load(lut_row + kk))
-            cnt = tl.minimum(L - j * BLOCK, BLOCK)
-            log2n = tl.log2(tl.maximum(cnt, 1).to(tl.float32))
-            pool = (b64 * HEADS + h64) * N + j
-            kb = _op(tl.load(BKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=skip[None, :], other=0.0), UPCAST)
-            qk = tl.dot(q, kb) * qk_scale + log2n[None, :]
-            qk = tl.where(skip[None, :], qk, NEG)
-            vb = _op(tl.load(BVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=skip[:, None], other=0.0), UPCAST)
-            acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
-    else:
+        if HAS_COMP:
+            # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
+            n_comp = tl.where((eff == 1) & (COMP != 0), (N + BLOCK_N - 1) // BLOCK_N, 0)
+            for it in range(0, n_comp):
+                j = it * BLOCK_N + tl.arange(0, BLOCK_N)
+                inside = ((j >= s0) & (j < s0 + n0)) | ((j >= s1) & (j < s1 + n1)) | ((j >= s2) & (j < s2 + n2))
+                inside = inside | ((j >= s3) & (j < s3 + n3)) | ((j >= s4) & (j < s4 + n4))
+                inside = inside | ((j >= s5) & (j < s5 + n5)) | ((j >= s6) & (j < s6 + n6))
+                skip = (j < N) & (~inside)
+                if HAS_LUT:
+                    for kk in range(0, kq):
+                        skip = skip & (j != tl.load(lut_row + kk))
+                cnt = tl.minimum(L - j * BLOCK, BLOCK)
+                log2n = tl.log2(tl.maximum(cnt, 1).to(tl.float32))
+                pool = (b64 * HEADS + h64) * N + j
+                kb = _op(tl.load(BKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=skip[None, :], other=0.0),
+                         UPCAST)
+                qk = tl.dot(q, kb) * qk_scale + log2n[None, :]
+                qk = tl.where(skip[None, :], qk, NEG)
+                vb = _op(tl.load(BVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=skip[:, None], other=0.0),
+                         UPCAST)
+                acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
+    elif HAS_LINEAR:
         # -- linear (pooled): exact extra tokens and own-frame tokens of the own block
         pooled = FEATURE == 0
         qf = (offs_m - P) // F
@@ -400,6 +407,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
             int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
     flags = configs.kernel_flags(_variant, kb, vb)
+    if flags.pop("LEAN"):
+        flags.update(HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads), HAS_LINEAR=bool(linear_heads))
     if configs.INTERPRET or _config is not None:
         if _config is None:
             cfg = configs.interpret_config()

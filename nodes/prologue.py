@@ -7,7 +7,7 @@ several passes before calling attention (about 8 % of a Wan 1.3B step on an H100
 four projections and the same `optimized_attention` call of Wan's module (so every override, SparseFlow's
 included, still applies), with q and k made by `sparseflow.prologue.norm_rope_qk` in one launch.
 
-It replaces only a forward it knows: the AST fingerprint of `type(module).forward` must be one in
+It replaces only a forward it knows: the source-token fingerprint of `type(module).forward` must be one in
 `KNOWN_FORWARDS` (the code this replacement mirrors); any other ComfyUI version keeps its own forward, said
 once in the log. Per call, inputs the prologue does not take (CPU with the triton backend, fp32, casting
 weights with LoRA functions, another RoPE layout) run ComfyUI's own forward, counted in the run telemetry
@@ -16,12 +16,13 @@ and said once in the log.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import inspect
+import io
 import logging
 import sys
 import textwrap
+import tokenize
 
 import torch
 
@@ -33,9 +34,9 @@ __all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "ma
 
 log = logging.getLogger("sparseflow.nodes")
 
-# AST fingerprints (sha256 of ast.dump, 16 hex) of the WanSelfAttention.forward bodies `fused_forward` mirrors
+# source-token fingerprints (forward_fingerprint) of the WanSelfAttention.forward bodies `fused_forward` mirrors
 KNOWN_FORWARDS = {
-    "695a344f677f0d20": "ComfyUI 0.3.64 (a125cd84): q/k norm, apply_rope1, optimized_attention(q, k, v, heads, "
+    "58d6bc43a772d1fd": "ComfyUI 0.3.64 (a125cd84): q/k norm, apply_rope1, optimized_attention(q, k, v, heads, "
                         "transformer_options)",
 }
 FUSED = "fused"
@@ -43,12 +44,19 @@ _fingerprints: dict[type, str] = {}
 
 
 def forward_fingerprint(cls: type) -> str:
-    """16-hex AST fingerprint of `cls.forward` (comments and formatting do not change it), or 'unreadable'."""
+    """16-hex fingerprint of `cls.forward`'s source tokens, or 'unreadable'.
+
+    Comments, blank lines and indentation do not change it, and it does not depend on the Python version
+    (an `ast.dump` does: 3.12 adds fields), so one value per ComfyUI forward holds everywhere.
+    """
     if cls not in _fingerprints:
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
-            _fingerprints[cls] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
-        except (OSError, TypeError, SyntaxError):
+            src = textwrap.dedent(inspect.getsource(cls.forward))
+            skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                    tokenize.ENCODING, tokenize.ENDMARKER}
+            toks = [t.string for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type not in skip]
+            _fingerprints[cls] = hashlib.sha256("\x1f".join(toks).encode()).hexdigest()[:16]
+        except (OSError, TypeError, SyntaxError, tokenize.TokenError):
             _fingerprints[cls] = "unreadable"
     return _fingerprints[cls]
 

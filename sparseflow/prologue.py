@@ -52,12 +52,16 @@ def prologue_reason(x: torch.Tensor, weight: object, freqs: object, head_dim: in
         return "q/k last dim is not contiguous"
     if not isinstance(weight, torch.Tensor) or weight.shape != (c,) or weight.device != x.device:
         return "norm weight missing, of another shape or on another device"
+    if weight.stride() != (1,):
+        return "norm weight is not contiguous"
     if not isinstance(freqs, torch.Tensor) or freqs.dtype != torch.float32:
         return "RoPE table is not a float32 tensor"
     if freqs.dim() != 6 or tuple(freqs.shape[1:]) != (length, 1, head_dim // 2, 2, 2) or freqs.shape[0] not in (1, b):
         return f"RoPE table shape {tuple(freqs.shape)} is not (1 or B, L, 1, D/2, 2, 2)"
     if freqs.device != x.device:
         return "RoPE table on another device"
+    if freqs.stride()[3:] != (4, 2, 1):
+        return "RoPE table's (D/2, 2, 2) block is not contiguous"
     return None
 
 

@@ -103,6 +103,19 @@ def test_every_kernel_variant_matches_reference(variant, monkeypatch):
     _check(plan, batch=2, seed=11, _variant=variant, _config=cfg)
 
 
+@pytest.mark.parametrize("kind", ["sparse_only", "linear_dense", "topk_no_comp"])
+def test_lean_variant_compiles_out_paths_a_call_does_not_take(kind, monkeypatch):
+    """tma_lean drops the LUT / compensation / linear code per call: each combination still equals the reference."""
+    if configs.INTERPRET:
+        monkeypatch.setattr(configs, "_tma_refusal", lambda *ts: None)
+    routes, topk, comp = {"sparse_only": ((SPARSE, SPARSE), (0, 0), False),
+                          "linear_dense": ((LINEAR, DENSE), (0, 0), True),
+                          "topk_no_comp": ((SPARSE, DENSE), (2, 0), False)}[kind]
+    plan = AttentionPlan(G_EXTRA, routes, (1, 0), topk, anchors=(0,), compensation=comp, block=64)
+    cfg = None if configs.INTERPRET else (64, 64, 4, 2)
+    _check(plan, batch=2, seed=12, _variant="tma_lean", _config=cfg)
+
+
 def test_unknown_variant_raises_value_error():
     with pytest.raises(ValueError, match="variant"):
         configs.variant_flags("fastest")
