@@ -147,6 +147,16 @@ class SparseFlowState:
     last: RunTelemetry | None = None
     last_summary: str = ""
     _plans: dict = field(default_factory=dict, repr=False)
+    # per-layer (routes, window, topk) as Python tuples, read once from the map's tensors: the attention path
+    # then reads no tensor values, so torch.compile traces it without a data-dependent graph break per layer
+    _layers: tuple = field(default=(), repr=False)
+    _raw: list = field(default_factory=list, repr=False)  # calls noted by record(), made records by flush()
+    _plan_list: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        rmap = self.config.routing
+        self._layers = tuple((rmap.head_routes(i), rmap.head_window(i), rmap.head_topk(i))
+                             for i in range(rmap.layers))
 
     def clone(self) -> SparseFlowState:
         return SparseFlowState(self.config)
@@ -157,10 +167,12 @@ class SparseFlowState:
     def reset(self) -> None:
         self.telemetry = RunTelemetry()
         self._plans.clear()
+        self._raw = []
+        self._plan_list.clear()
 
     def finish(self) -> str:
         """End a sampling run: summary to the log and the UI, telemetry kept in `last`, then `reset()`."""
-        tel = self.telemetry
+        tel = self.flush()
         text = tel.summary()
         self.last, self.last_summary = tel, text
         self.reset()
@@ -197,7 +209,7 @@ class SparseFlowState:
     # -- per attention call (override)
     def decide(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: object,
                skip_reshape: bool, skip_output_reshape: bool, to: dict) -> tuple:
-        """("pass", reason, detail) or (route kind "dense"/"sparse", ctx, layer, plan or None)."""
+        """("pass", reason, detail) or (route kind "dense"/"sparse", ctx, layer, plan or None, plan index or -1)."""
         if mask is not None:
             return ("pass", "masked attention", "")
         if skip_reshape or skip_output_reshape:
@@ -223,48 +235,63 @@ class SparseFlowState:
         if not isinstance(layer, int) or not 0 <= layer < self.config.layers:
             return ("pass", "no block index", f"block {layer!r}, model layers 0..{self.config.layers - 1}")
         if ctx.params.dense:
-            return ("dense", ctx, layer, None)
-        routes = self.config.routing.head_routes(layer)
+            return ("dense", ctx, layer, None, -1)
+        routes = self._layers[layer][0]
         if all(r == DENSE for r in routes):
-            return ("dense", ctx, layer, None)
-        return ("sparse", ctx, layer, self._plan(geometry, layer, ctx.params))
+            return ("dense", ctx, layer, None, -1)
+        return ("sparse", ctx, layer, *self._plan(geometry, layer, ctx.params))
 
-    def _plan(self, geometry: Geometry, layer: int, params: StepParams) -> AttentionPlan:
+    def _plan(self, geometry: Geometry, layer: int, params: StepParams) -> tuple[AttentionPlan, int]:
+        """(plan, its index in this run's plan list), cached per (geometry, layer, window, topk, compensation)."""
         cfg = self.config
         window = params.window if cfg.window < 0 else cfg.window
         key = (geometry, layer, window, params.topk, params.compensation)
-        plan = self._plans.get(key)
-        if plan is None:
-            rmap = cfg.routing
-            win = tuple(window if w < 0 else w for w in rmap.head_window(layer))
-            topk = tuple(params.topk if t < 0 else t for t in rmap.head_topk(layer))
-            plan = AttentionPlan(geometry, rmap.head_routes(layer), win, topk, anchors=cfg.anchors,
+        if key not in self._plans:
+            routes, head_window, head_topk = self._layers[layer]
+            win = tuple(window if w < 0 else w for w in head_window)
+            topk = tuple(params.topk if t < 0 else t for t in head_topk)
+            plan = AttentionPlan(geometry, routes, win, topk, anchors=cfg.anchors,
                                  compensation=params.compensation, linear_kind=cfg.linear_kind, block=cfg.block)
-            self._plans[key] = plan
-        return plan
+            self._plans[key] = (plan, len(self._plan_list))
+            self._plan_list.append(plan)
+        return self._plans[key]
 
-    def record(self, ctx: CallContext, layer: int, plan: AttentionPlan | None, batch: int, length: int,
-               backend: str) -> None:
+    def record(self, ctx: CallContext, layer: int, plan_id: int, batch: int, length: int, backend: str) -> None:
+        """Note one patched call. Only plain values are kept here (this runs inside torch.compile's trace);
+        the block-pair counts are worked out in `flush()`, outside it."""
         cfg = self.config
-        n = num_blocks(length, cfg.block)
-        dense_pairs = n * n * cfg.heads * batch
         window = ctx.params.window if cfg.window < 0 else cfg.window
-        if plan is None:
-            routes = self.config.routing.head_routes(layer) if not ctx.params.dense else (DENSE,) * cfg.heads
-            pairs = dense_pairs
-        else:
-            routes = plan.routes
-            per_head, _ = pair_counts(plan)
-            # top-k adds up to topk key blocks per query block on sparse heads (estimate: the full topk)
-            per_head = [min(n * n, p + (n * t if r == SPARSE else 0))
-                        for p, r, t in zip(per_head, plan.routes, plan.topk)]
-            pairs = sum(per_head) * batch
-        self.telemetry.record(CallRecord(ctx.step, ctx.progress, layer, window, ctx.params.topk, ctx.params.dense,
-                                         tuple(routes), pairs, dense_pairs, backend))
+        self._raw.append((ctx.step, ctx.progress, layer, window, ctx.params.topk, ctx.params.dense,
+                          plan_id, batch, length, backend))
+
+    def flush(self) -> RunTelemetry:
+        """Turn the calls noted since the last flush into telemetry records; returns the telemetry."""
+        cfg = self.config
+        raw, self._raw = self._raw, []
+        for step, progress, layer, window, topk, dense, plan_id, batch, length, backend in raw:
+            n = num_blocks(length, cfg.block)
+            dense_pairs = n * n * cfg.heads * batch
+            if plan_id < 0:
+                routes = self._layers[layer][0] if not dense else (DENSE,) * cfg.heads
+                pairs = dense_pairs
+            else:
+                plan = self._plan_list[plan_id]
+                routes = plan.routes
+                per_head, _ = pair_counts(plan)
+                # top-k adds up to topk key blocks per query block on sparse heads (estimate: the full topk)
+                per_head = [min(n * n, p + (n * t if r == SPARSE else 0))
+                            for p, r, t in zip(per_head, plan.routes, plan.topk)]
+                pairs = sum(per_head) * batch
+            self.telemetry.record(CallRecord(step, progress, layer, window, topk, dense, tuple(routes), pairs,
+                                             dense_pairs, backend))
+        return self.telemetry
 
     def passthrough(self, reason: str, detail: str, q: object, k: object, level: int = logging.INFO) -> None:
-        """Count a call handed to ComfyUI's attention and log the reason once."""
+        """Count a call handed to ComfyUI's attention and log the reason once (eager only: under torch.compile
+        the count still lands in the run summary, and a log call would break the graph)."""
         self.telemetry.note_passthrough(reason)
+        if torch.compiler.is_compiling():
+            return
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in (q, k)]
         log_once(("passthrough", reason), "SparseFlow: %s%s (q %s, k %s) goes to ComfyUI's attention unchanged",
                  reason, f" ({detail})" if detail else "", shapes[0], shapes[1], level=level)
@@ -321,16 +348,16 @@ def make_override(previous=None):
             level = logging.INFO if decision[1] in _EXPECTED_REASONS else logging.WARNING
             state.passthrough(decision[1], decision[2], q, k, level)
             return fallback()
-        kind, ctx, layer, plan = decision
+        kind, ctx, layer, plan, plan_id = decision
         if kind == "dense":
-            state.record(ctx, layer, None, q.shape[0], q.shape[1], COMFY_BACKEND)
+            state.record(ctx, layer, -1, q.shape[0], q.shape[1], COMFY_BACKEND)
             return fallback()
         try:
             out, backend = run_operator(q, k, v, plan, heads, state.config.backend)
         except Exception as e:  # noqa: BLE001 - fall back to dense, counted and logged
             state.passthrough("operator error", f"{type(e).__name__}: {e}", q, k, logging.WARNING)
             return fallback()
-        state.record(ctx, layer, plan, q.shape[0], q.shape[1], backend)
+        state.record(ctx, layer, plan_id, q.shape[0], q.shape[1], backend)
         return out
 
     sparseflow_attention._sparseflow = True

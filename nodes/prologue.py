@@ -115,7 +115,8 @@ def make_fused_forward(module: torch.nn.Module):
         if why is not None:
             if isinstance(state, SparseFlowState):
                 state.telemetry.note_prologue(why)
-            log_once(("prologue", why), "SparseFlow: QK-norm + RoPE stay ComfyUI's own here: %s", why)
+            if not torch.compiler.is_compiling():  # a log call would break torch.compile's graph
+                log_once(("prologue", why), "SparseFlow: QK-norm + RoPE stay ComfyUI's own here: %s", why)
             return original(x, freqs, transformer_options=transformer_options, **kwargs)
         q, k = prologue.norm_rope_qk(q, k, wq.to(q.dtype), wk.to(q.dtype), freqs, _eps(module.norm_q, q),
                                      module.head_dim, backend)
