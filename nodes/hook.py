@@ -62,13 +62,12 @@ def log_once(key: object, msg: str, *args: object, level: int = logging.INFO) ->
     log.log(level, msg, *args)
 
 
-def run_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, heads: int,
-                 backend: str) -> tuple[torch.Tensor, str]:
-    """`sparseflow.ops.attention` on the backend `ops.backend_for` picks for this call; returns (out, name)."""
+def run_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: torch.Tensor, heads: int,
+                 backend: str) -> torch.Tensor:
+    """`sparseflow.ops.attention_encoded` with the plan code and backend chosen per model call (`context()`)."""
     from sparseflow import ops
 
-    name = ops.backend_for(q, plan, backend)
-    return ops.attention(q, k, v, plan, heads=heads, backend=name), name
+    return ops.attention_encoded(q, k, v, code, heads=heads, backend=backend)
 
 
 def geometry_for(dm: object, x: torch.Tensor, time_dim_concat: torch.Tensor | None, kwargs: dict) -> Geometry:
@@ -125,12 +124,18 @@ class PatchConfig:
 
 @dataclass(frozen=True)
 class CallContext:
-    """What the wrapper derived for one model call."""
+    """What the wrapper derived for one model call, before any layer runs (outside torch.compile's trace).
+
+    `layers[i]`: ("dense", None, backend), ("sparse", plan code tensor, backend) or ("pass", None, reason) for
+    block i; `plan_ids[i]`: the plan's index in the run's plan list, or -1 (read only in eager runs).
+    """
 
     geometry: Geometry
     step: int
     progress: float
     params: StepParams
+    layers: tuple = ()
+    plan_ids: tuple = ()
 
 
 @dataclass
@@ -151,7 +156,10 @@ class SparseFlowState:
     # then reads no tensor values, so torch.compile traces it without a data-dependent graph break per layer
     _layers: tuple = field(default=(), repr=False)
     _raw: list = field(default_factory=list, repr=False)  # calls noted by record(), made records by flush()
+    _planned: list = field(default_factory=list, repr=False)  # per model call, from context(): used when no
+    # call was noted eagerly (under torch.compile the attention path writes nothing, so no guard sees counters)
     _plan_list: list = field(default_factory=list, repr=False)
+    _codes: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         rmap = self.config.routing
@@ -168,7 +176,9 @@ class SparseFlowState:
         self.telemetry = RunTelemetry()
         self._plans.clear()
         self._raw = []
+        self._planned = []
         self._plan_list.clear()
+        self._codes.clear()
 
     def finish(self) -> str:
         """End a sampling run: summary to the log and the UI, telemetry kept in `last`, then `reset()`."""
@@ -187,7 +197,26 @@ class SparseFlowState:
                 kwargs: dict) -> CallContext:
         geometry = geometry_for(dm, x, time_dim_concat, kwargs)
         step, progress = self.step_of(to)
-        return CallContext(geometry, step, progress, self.config.schedule.at(progress))
+        params = self.config.schedule.at(progress)
+        calls = [self.layer_call(geometry, layer, params, x) for layer in range(self.config.layers)]
+        ctx = CallContext(geometry, step, progress, params, tuple(c[0] for c in calls), tuple(c[1] for c in calls))
+        self._planned.append((ctx, int(x.shape[0])))
+        return ctx
+
+    def layer_call(self, geometry: Geometry, layer: int, params: StepParams, t: torch.Tensor) -> tuple:
+        """((kind, plan code or None, backend or reason), plan index or -1) of one layer's self-attention."""
+        if params.dense or all(r == DENSE for r in self._layers[layer][0]):
+            return ("dense", None, COMFY_BACKEND), -1
+        from sparseflow import ops
+
+        plan, pid = self._plan(geometry, layer, params)
+        try:
+            backend = ops.backend_for(t, plan, self.config.backend)
+        except ValueError as e:
+            return ("pass", None, str(e)), -1
+        if pid not in self._codes:
+            self._codes[pid] = ops.encode_plan(plan)
+        return ("sparse", self._codes[pid], backend), pid
 
     def step_of(self, to: dict) -> tuple[int, float]:
         """(step index, progress) from transformer_options["sigmas"] and ["sample_sigmas"]."""
@@ -209,7 +238,8 @@ class SparseFlowState:
     # -- per attention call (override)
     def decide(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: object,
                skip_reshape: bool, skip_output_reshape: bool, to: dict) -> tuple:
-        """("pass", reason, detail) or (route kind "dense"/"sparse", ctx, layer, plan or None, plan index or -1)."""
+        """("pass", reason, detail) or (kind "dense"/"sparse", ctx, layer, plan code or None, backend, plan index
+        or None = the context's)."""
         if mask is not None:
             return ("pass", "masked attention", "")
         if skip_reshape or skip_output_reshape:
@@ -234,12 +264,14 @@ class SparseFlowState:
         layer = to.get(BLOCK_KEY, to.get("block_index"))
         if not isinstance(layer, int) or not 0 <= layer < self.config.layers:
             return ("pass", "no block index", f"block {layer!r}, model layers 0..{self.config.layers - 1}")
-        if ctx.params.dense:
-            return ("dense", ctx, layer, None, -1)
-        routes = self._layers[layer][0]
-        if all(r == DENSE for r in routes):
-            return ("dense", ctx, layer, None, -1)
-        return ("sparse", ctx, layer, *self._plan(geometry, layer, ctx.params))
+        if geometry == ctx.geometry and layer < len(ctx.layers):
+            entry, pid = ctx.layers[layer], None  # made before the model call (no Python work here)
+        else:
+            entry, pid = self.layer_call(geometry, layer, ctx.params, q)
+        kind, code, backend = entry
+        if kind == "pass":
+            return ("pass", "operator error", backend)
+        return (kind, ctx, layer, code, backend, pid)
 
     def _plan(self, geometry: Geometry, layer: int, params: StepParams) -> tuple[AttentionPlan, int]:
         """(plan, its index in this run's plan list), cached per (geometry, layer, window, topk, compensation)."""
@@ -256,18 +288,33 @@ class SparseFlowState:
             self._plan_list.append(plan)
         return self._plans[key]
 
-    def record(self, ctx: CallContext, layer: int, plan_id: int, batch: int, length: int, backend: str) -> None:
-        """Note one patched call. Only plain values are kept here (this runs inside torch.compile's trace);
-        the block-pair counts are worked out in `flush()`, outside it."""
-        cfg = self.config
-        window = ctx.params.window if cfg.window < 0 else cfg.window
-        self._raw.append((ctx.step, ctx.progress, layer, window, ctx.params.topk, ctx.params.dense,
-                          plan_id, batch, length, backend))
+    def record(self, ctx: CallContext, layer: int, backend: str, batch: int, length: int,
+               plan_id: int | None = None) -> None:
+        """Note one patched call (eager runs only: under torch.compile the run's records come from the
+        per-call plans of `context()`, since a write here would put the counters under the graph's guards)."""
+        if torch.compiler.is_compiling():
+            return
+        pid = ctx.plan_ids[layer] if plan_id is None else plan_id
+        window = ctx.params.window if self.config.window < 0 else self.config.window
+        self._raw.append((ctx.step, ctx.progress, layer, window, ctx.params.topk, ctx.params.dense, pid, batch,
+                          length, backend))
 
     def flush(self) -> RunTelemetry:
-        """Turn the calls noted since the last flush into telemetry records; returns the telemetry."""
+        """Turn the calls noted since the last flush into telemetry records; returns the telemetry.
+
+        Calls noted eagerly by `record()` win; with none (a torch.compile'd run), each model call's plans from
+        `context()` stand for its self-attention calls.
+        """
         cfg = self.config
-        raw, self._raw = self._raw, []
+        raw, planned = self._raw, self._planned
+        self._raw, self._planned = [], []
+        if not raw:
+            for ctx, batch in planned:
+                window = ctx.params.window if cfg.window < 0 else cfg.window
+                for layer, (kind, _, backend) in enumerate(ctx.layers):
+                    if kind != "pass":
+                        raw.append((ctx.step, ctx.progress, layer, window, ctx.params.topk, ctx.params.dense,
+                                    ctx.plan_ids[layer], batch, ctx.geometry.length, backend))
         for step, progress, layer, window, topk, dense, plan_id, batch, length, backend in raw:
             n = num_blocks(length, cfg.block)
             dense_pairs = n * n * cfg.heads * batch
@@ -288,10 +335,10 @@ class SparseFlowState:
 
     def passthrough(self, reason: str, detail: str, q: object, k: object, level: int = logging.INFO) -> None:
         """Count a call handed to ComfyUI's attention and log the reason once (eager only: under torch.compile
-        the count still lands in the run summary, and a log call would break the graph)."""
-        self.telemetry.note_passthrough(reason)
+        a counter write would put the count under the graph's guards and a log call would break the graph)."""
         if torch.compiler.is_compiling():
             return
+        self.telemetry.note_passthrough(reason)
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in (q, k)]
         log_once(("passthrough", reason), "SparseFlow: %s%s (q %s, k %s) goes to ComfyUI's attention unchanged",
                  reason, f" ({detail})" if detail else "", shapes[0], shapes[1], level=level)
@@ -348,16 +395,16 @@ def make_override(previous=None):
             level = logging.INFO if decision[1] in _EXPECTED_REASONS else logging.WARNING
             state.passthrough(decision[1], decision[2], q, k, level)
             return fallback()
-        kind, ctx, layer, plan, plan_id = decision
+        kind, ctx, layer, code, backend, plan_id = decision
         if kind == "dense":
-            state.record(ctx, layer, -1, q.shape[0], q.shape[1], COMFY_BACKEND)
+            state.record(ctx, layer, COMFY_BACKEND, q.shape[0], q.shape[1], plan_id)
             return fallback()
         try:
-            out, backend = run_operator(q, k, v, plan, heads, state.config.backend)
+            out = run_operator(q, k, v, code, heads, backend)
         except Exception as e:  # noqa: BLE001 - fall back to dense, counted and logged
             state.passthrough("operator error", f"{type(e).__name__}: {e}", q, k, logging.WARNING)
             return fallback()
-        state.record(ctx, layer, plan_id, q.shape[0], q.shape[1], backend)
+        state.record(ctx, layer, backend, q.shape[0], q.shape[1], plan_id)
         return out
 
     sparseflow_attention._sparseflow = True

@@ -112,15 +112,17 @@ def make_fused_forward(module: torch.nn.Module):
         if why is None:
             q, k = module.q(x), module.k(x)
             why = prologue.prologue_reason(q, wq, freqs, module.head_dim)
+        eager = not torch.compiler.is_compiling()  # no counter writes or log calls inside torch.compile's trace
         if why is not None:
-            if isinstance(state, SparseFlowState):
+            if eager and isinstance(state, SparseFlowState):
                 state.telemetry.note_prologue(why)
-            if not torch.compiler.is_compiling():  # a log call would break torch.compile's graph
+            if eager:
                 log_once(("prologue", why), "SparseFlow: QK-norm + RoPE stay ComfyUI's own here: %s", why)
             return original(x, freqs, transformer_options=transformer_options, **kwargs)
         q, k = prologue.norm_rope_qk(q, k, wq.to(q.dtype), wk.to(q.dtype), freqs, _eps(module.norm_q, q),
                                      module.head_dim, backend)
-        state.telemetry.note_prologue(FUSED)
+        if eager:
+            state.telemetry.note_prologue(FUSED)
         out = wan.optimized_attention(q, k, module.v(x), heads=module.num_heads, transformer_options=to)
         return module.o(out)
 

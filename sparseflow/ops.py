@@ -19,7 +19,8 @@ from sparseflow.inputs import check_qkv
 from sparseflow.plan import DENSE, LINEAR_KINDS, AttentionPlan
 from sparseflow.reference import reference_attention
 
-__all__ = ["BACKENDS", "attention", "available_backends", "backend_for", "current_backend", "use_backend"]
+__all__ = ["BACKENDS", "attention", "attention_encoded", "available_backends", "backend_for", "current_backend",
+           "decode_plan", "encode_plan", "use_backend"]
 
 log = logging.getLogger("sparseflow.ops")
 
@@ -164,3 +165,62 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Attention
                          list(plan.window), list(plan.topk), list(plan.anchors), plan.compensation,
                          LINEAR_KINDS.index(plan.linear_kind), plan.linear_own_block, plan.block,
                          float(plan.scale or 0.0), heads or 0, backend)
+
+
+# -- the plan as one tensor: for callers under torch.compile whose plan changes between calls ---------------
+# `attention` passes the plan as Python ints, which torch.compile specialises on (a new graph per schedule
+# window). `encode_plan` packs it into a small float64 CPU tensor made outside the compiled region (SparseFlow's
+# per-model-call context); `attention_encoded` hands that tensor to the op unchanged, so one graph serves every
+# step. Every value is an integer below 2**53 or the scale, so float64 holds them exactly.
+
+_CODE_VERSION = 1
+_decoded: dict = {}
+
+
+def encode_plan(plan: AttentionPlan) -> torch.Tensor:
+    """The plan as a 1-D float64 CPU tensor (`decode_plan` inverts it)."""
+    g = plan.geometry
+    vals = [_CODE_VERSION, g.frames, g.height, g.width, g.prefix, g.suffix, plan.heads, *plan.routes, *plan.window,
+            *plan.topk, len(plan.anchors), *plan.anchors, int(plan.compensation),
+            LINEAR_KINDS.index(plan.linear_kind), int(plan.linear_own_block), plan.block, float(plan.scale or 0.0)]
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def decode_plan(code: torch.Tensor) -> AttentionPlan:
+    """The AttentionPlan of an `encode_plan` tensor (cached per distinct code)."""
+    vals = tuple(code.tolist())
+    plan = _decoded.get(vals)
+    if plan is None:
+        if not vals or int(vals[0]) != _CODE_VERSION:
+            raise ValueError(f"sparseflow.ops: plan code version {vals[:1]} is not {_CODE_VERSION}")
+        ints = [int(v) for v in vals[:-1]]
+        h = ints[6]
+        pos = 7
+        routes, window, topk = ints[pos:pos + h], ints[pos + h:pos + 2 * h], ints[pos + 2 * h:pos + 3 * h]
+        pos += 3 * h
+        na = ints[pos]
+        anchors = ints[pos + 1:pos + 1 + na]
+        comp, lk, own, block = ints[pos + 1 + na:pos + 5 + na]
+        plan = _plan_from(ints[1:6], routes, window, topk, anchors, bool(comp), lk, bool(own), block, vals[-1])
+        if len(_decoded) > 4096:
+            _decoded.clear()
+        _decoded[vals] = plan
+    return plan
+
+
+@torch.library.custom_op("sparseflow::attention_encoded", mutates_args=())
+def _attention_encoded_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: torch.Tensor, heads: int,
+                          backend: str) -> torch.Tensor:
+    return _run(q, k, v, decode_plan(code), heads if heads > 0 else None, None if backend == "auto" else backend)
+
+
+@_attention_encoded_op.register_fake
+def _attention_encoded_fake(q, k, v, code, heads, backend):
+    return torch.empty_like(q)
+
+
+def attention_encoded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: torch.Tensor, *,
+                      heads: int | None = None, backend: str = "auto") -> torch.Tensor:
+    """`attention` with the plan given as `encode_plan(plan)`; the caller has checked q/k/v against the plan
+    (SparseFlow's patch does, per model call) and picked the backend (`backend_for`)."""
+    return _attention_encoded_op(q, k, v, code, heads or 0, backend)
