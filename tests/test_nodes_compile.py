@@ -46,8 +46,8 @@ def test_torch_compile_model_node_keeps_a_patched_model_working(comfy, pack, tin
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_patched_model_does_not_recompile_when_the_schedule_window_changes(comfy, pack,  # noqa: F811
-                                                                                   tiny_models):
+def test_compiled_patched_model_does_not_recompile_when_the_schedule_window_changes(  # noqa: F811
+        comfy, pack, tiny_models):  # noqa: F811
     """The plan reaches the op as a tensor made per model call, so window 0 -> 1 -> 2 reuses one graph."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
     from torch._dynamo.utils import counters
