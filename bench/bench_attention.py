@@ -64,6 +64,8 @@ def environment() -> dict:
                                 capture_output=True, text=True, timeout=10).stdout.strip() or "uncommitted"
     except Exception:  # noqa: BLE001
         commit = "unknown"
+    # the device tool's copy of the tree can carry a stale .git: $SPARSEFLOW_COMMIT, when set, wins
+    commit = os.environ.get("SPARSEFLOW_COMMIT") or commit
     return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "commit": commit, "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

@@ -198,6 +198,11 @@ class SparseFlowState:
         geometry = geometry_for(dm, x, time_dim_concat, kwargs)
         step, progress = self.step_of(to)
         params = self.config.schedule.at(progress)
+        if self.config.fuse_qk_norm_rope:
+            # import the prologue kernel here, outside the trace: a first import inside it changes the import
+            # cache between the first and second model call, and torch.compile recompiles the whole model
+            from sparseflow import prologue
+            prologue.triton_reason()
         calls = [self.layer_call(geometry, layer, params, x) for layer in range(self.config.layers)]
         ctx = CallContext(geometry, step, progress, params, tuple(c[0] for c in calls), tuple(c[1] for c in calls))
         self._planned.append((ctx, int(x.shape[0])))
