@@ -28,7 +28,7 @@ import torch
 
 from sparseflow import prologue
 
-from .hook import SPARSEFLOW_KEY, SparseFlowState, log_once
+from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
 __all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward"]
 

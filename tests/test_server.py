@@ -67,6 +67,18 @@ def _get(url: str, timeout: float = 10.0):
         return json.loads(r.read())
 
 
+def _history(url: str, prompt_id: str, wait: float = 30.0) -> dict:
+    """The prompt's history entry. ComfyUI sends the final "executing" message before it stores the history
+    (prompt_queue.task_done runs after the executor returns), so poll briefly instead of reading once."""
+    deadline = time.monotonic() + wait
+    while True:
+        entry = _get(f"{url}/history/{prompt_id}").get(prompt_id)
+        if entry is not None or time.monotonic() > deadline:
+            assert entry is not None, f"no history for prompt {prompt_id} after {wait} s"
+            return entry
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = comfy_path()
@@ -192,7 +204,7 @@ def test_api_workflow_patches_samples_calibrates_and_reports(server):
     prompt_id, messages = asyncio.run(_run_prompt(server["url"], _workflow("tiny_wan21_t2v.safetensors")))
     errors = [m for m in messages if m["type"] == "execution_error"]
     assert not errors, f"{errors}\n{server['log'].read_text()[-4000:]}"
-    history = _get(f"{server['url']}/history/{prompt_id}")[prompt_id]
+    history = _history(server["url"], prompt_id)
     assert history["status"]["status_str"] == "success" and history["status"]["completed"]
 
     outputs = history["outputs"]
