@@ -76,11 +76,12 @@ def _triton_fn():
 
 
 def triton_reason(x: torch.Tensor | None = None) -> str | None:
-    """None when the Triton prologue can run (for x, when given), else why not."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
+    """None when the Triton prologue can run (for x, when given), else why not. The first call imports the
+    kernel (on any machine), so a caller can do that once outside torch.compile's trace."""
     if _triton_fn() is None:
         return f"cannot import kernels.norm_rope ({_triton_import['error']})"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
     if x is not None:
         if x.device.type != "cuda":
             return f"input on {x.device}"

@@ -70,3 +70,28 @@ def test_compiled_patched_model_does_not_recompile_when_the_schedule_window_chan
     state = compiled.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
     assert sorted({c.window for c in state.last.calls}) == [0, 1, 2] and len(state.last.calls) == 6 * 2
     assert graphs[6] == graphs[1], f"recompiled as the window changed: {graphs}"
+
+
+def test_compiled_model_does_not_recompile_when_the_prologue_kernel_is_first_loaded(comfy, pack, tiny_models,  # noqa: F811
+                                                                                   monkeypatch):
+    """The prologue kernel's first import changes a cache that the traced forward reads; the per-call context
+    does it before the trace, so the second model call reuses the first call's graph (seen on the GPU as one
+    22 s recompile at step 1 before the context did it)."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+    from torch._dynamo.utils import counters
+
+    from sparseflow import prologue
+
+    patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
+                                          routing=routing_preset("alternating", 2, 2), backend="auto", block=64)
+    compiled = TorchCompileModel.execute(patched, "inductor").result[0]
+    latent = tw.empty_latent(tw.WAN21_T2V, 4, 16, 16)
+    positive, negative = tw.make_conditioning(comfy, tw.WAN21_T2V, latent, seed=0)
+    graphs = {}
+    for steps in (1, 3):
+        monkeypatch.setattr(prologue, "_triton_import", {})  # as in a fresh process: nothing imported yet
+        torch._dynamo.reset()
+        counters.clear()
+        tw.sample_tiny(comfy, compiled, latent, positive, negative, steps=steps, cfg=3.0, seed=0)
+        graphs[steps] = counters["stats"]["unique_graphs"]
+    assert graphs[3] == graphs[1], f"recompiled after the first call: {graphs}"
