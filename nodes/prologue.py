@@ -109,9 +109,10 @@ def make_fused_forward(module: torch.nn.Module):
             wq, why = _norm_weight(module.norm_q, x)
         if why is None:
             wk, why = _norm_weight(module.norm_k, x)
-        if why is None:
-            q, k = module.q(x), module.k(x)
-            why = prologue.prologue_reason(q, wq, freqs, module.head_dim)
+        if why is None:  # asked before projecting, so a fallback never computes q(x) and k(x) twice
+            qk_shape = (x.shape[0], x.shape[1], module.dim)  # q(x), k(x): fresh contiguous (B, L, dim)
+            why = (prologue.layout_reason(qk_shape, x.device, wq, freqs, module.head_dim)
+                   or prologue.layout_reason(qk_shape, x.device, wk, freqs, module.head_dim))
         eager = not torch.compiler.is_compiling()  # no counter writes or log calls inside torch.compile's trace
         if why is not None:
             if eager and isinstance(state, SparseFlowState):
@@ -119,8 +120,9 @@ def make_fused_forward(module: torch.nn.Module):
             if eager:
                 log_once(("prologue", why), "SparseFlow: QK-norm + RoPE stay ComfyUI's own here: %s", why)
             return original(x, freqs, transformer_options=transformer_options, **kwargs)
-        q, k = prologue.norm_rope_qk(q, k, wq.to(q.dtype), wk.to(q.dtype), freqs, _eps(module.norm_q, q),
-                                     module.head_dim, backend)
+        q, k = module.q(x), module.k(x)
+        q, k = prologue.run_norm_rope(q, k, wq.to(q.dtype), wk.to(q.dtype), freqs, _eps(module.norm_q, q),
+                                      module.head_dim, backend)
         if eager:
             state.telemetry.note_prologue(FUSED)
         out = wan.optimized_attention(q, k, module.v(x), heads=module.num_heads, transformer_options=to)

@@ -17,7 +17,8 @@ import logging
 
 import torch
 
-__all__ = ["PROLOGUE_BACKENDS", "norm_rope_qk", "norm_rope_reference", "prologue_reason"]
+__all__ = ["PROLOGUE_BACKENDS", "layout_reason", "norm_rope_qk", "norm_rope_reference", "prologue_reason",
+           "run_norm_rope", "triton_reason"]
 
 log = logging.getLogger("sparseflow.prologue")
 
@@ -41,16 +42,14 @@ def norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, freqs: torch.Tens
     return out.reshape(b, length, c).to(x.dtype)
 
 
-def prologue_reason(x: torch.Tensor, weight: object, freqs: object, head_dim: int) -> str | None:
-    """None when the fused prologue takes these inputs, else why not (the caller keeps ComfyUI's own path)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        return "q/k are not (B, L, C)"
-    b, length, c = x.shape
+def layout_reason(shape: tuple[int, int, int], device: torch.device, weight: object, freqs: object,
+                  head_dim: int) -> str | None:
+    """None when a contiguous (B, L, C) q or k of `shape` on `device`, this norm weight and this RoPE table are
+    inputs the fused prologue takes, else why not. Needs no q/k tensor, so a caller can ask before projecting."""
+    b, length, c = shape
     if head_dim % 2 or c % head_dim:
         return f"head_dim {head_dim} does not divide the model dim {c} into even heads"
-    if x.stride(-1) != 1:
-        return "q/k last dim is not contiguous"
-    if not isinstance(weight, torch.Tensor) or weight.shape != (c,) or weight.device != x.device:
+    if not isinstance(weight, torch.Tensor) or weight.shape != (c,) or weight.device != device:
         return "norm weight missing, of another shape or on another device"
     if weight.stride() != (1,):
         return "norm weight is not contiguous"
@@ -58,11 +57,23 @@ def prologue_reason(x: torch.Tensor, weight: object, freqs: object, head_dim: in
         return "RoPE table is not a float32 tensor"
     if freqs.dim() != 6 or tuple(freqs.shape[1:]) != (length, 1, head_dim // 2, 2, 2) or freqs.shape[0] not in (1, b):
         return f"RoPE table shape {tuple(freqs.shape)} is not (1 or B, L, 1, D/2, 2, 2)"
-    if freqs.device != x.device:
+    if freqs.device != device:
         return "RoPE table on another device"
     if freqs.stride()[3:] != (4, 2, 1):
         return "RoPE table's (D/2, 2, 2) block is not contiguous"
     return None
+
+
+def prologue_reason(x: torch.Tensor, weight: object, freqs: object, head_dim: int) -> str | None:
+    """None when the fused prologue takes these inputs, else why not (the caller keeps ComfyUI's own path)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        return "q/k are not (B, L, C)"
+    b, length, c = x.shape
+    if head_dim % 2 or c % head_dim:  # before the stride: the same order of reasons as always
+        return f"head_dim {head_dim} does not divide the model dim {c} into even heads"
+    if x.stride(-1) != 1:
+        return "q/k last dim is not contiguous"
+    return layout_reason((b, length, c), x.device, weight, freqs, head_dim)
 
 
 def _triton_fn():
@@ -123,4 +134,11 @@ def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.T
         reason = triton_reason(q)
         if reason is not None:
             raise ValueError(f"sparseflow.prologue: backend 'triton' cannot run: {reason}")
+    return run_norm_rope(q, k, wq, wk, freqs, eps, head_dim, backend)
+
+
+def run_norm_rope(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
+                  eps: float, head_dim: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm_rope_qk` without its checks, for a caller that has already asked `layout_reason` and
+    `triton_reason` (SparseFlow's fused Wan forward, once per layer call)."""
     return _norm_rope_op(q, k, wq, wk, freqs, float(eps), int(head_dim), backend)
