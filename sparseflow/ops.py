@@ -3,7 +3,7 @@
 Backends say why they cannot run (comfy-kitchen `registry.py`): `available_backends()` maps each name
 to None or a reason; "auto" takes triton on CUDA with fp16/bf16 input when triton imports, else the
 reference, and logs the refusals once. An explicit backend that cannot run raises ValueError with its
-reasons. `sparseflow::attention` (torch.library) carries the plan as plain ints/floats/tensors, with a
+reasons. `sparseflow::attention` (torch.library) carries the plan as one small tensor (`encode_plan`), with a
 fake implementation, so torch.compile traces a model patched by SparseFlow without a graph break.
 """
 
@@ -127,7 +127,11 @@ def _run(q, k, v, plan: AttentionPlan, heads: int | None, backend: str | None) -
     return reference_attention(q, k, v, plan, heads=heads)
 
 
-# -- torch.library custom op: the plan travels as plain ints/floats/tensors ------------------------------
+# -- torch.library custom op: the plan travels as one small tensor ------------------------------------------
+# `encode_plan` packs the plan into a float64 CPU tensor (every value is an integer below 2**53 or the scale, so
+# float64 holds them exactly) and `decode_plan` rebuilds it inside the op. A caller that makes the tensor outside
+# torch.compile's trace (SparseFlow's per-model-call context) gets one graph for every step: plans given as
+# Python ints would be specialised on, a new graph per schedule window.
 
 def _plan_from(geom: list[int], routes: list[int], window: list[int], topk: list[int],
                anchors: list[int], compensation: bool, linear_kind: int, own_block: bool, block: int,
@@ -135,43 +139,6 @@ def _plan_from(geom: list[int], routes: list[int], window: list[int], topk: list
     return AttentionPlan(Geometry(*geom), tuple(routes), tuple(window), tuple(topk), tuple(anchors), compensation,
                          LINEAR_KINDS[linear_kind], own_block, block, scale if scale > 0 else None)
 
-
-@torch.library.custom_op("sparseflow::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: list[int], routes: list[int],
-                  window: list[int], topk: list[int], anchors: list[int], compensation: bool, linear_kind: int,
-                  own_block: bool, block: int, scale: float, heads: int, backend: str) -> torch.Tensor:
-    plan = _plan_from(geom, routes, window, topk, anchors, compensation, linear_kind, own_block, block, scale)
-    return _run(q, k, v, plan, heads if heads > 0 else None, None if backend == "auto" else backend)
-
-
-@_attention_op.register_fake
-def _attention_fake(q, k, v, geom, routes, window, topk, anchors, compensation, linear_kind, own_block, block,
-                    scale, heads, backend):
-    return torch.empty_like(q)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *, heads: int | None = None,
-              backend: str = "auto") -> torch.Tensor:
-    """SparseFlow attention (docs/spec.md) on the chosen backend, through the `sparseflow::attention` custom op.
-
-    q, k, v: (B, H, L, D), or (B, L, H*D) with `heads`. Returns q's layout and dtype. Raises ValueError for
-    bad inputs (spec §7) and for an explicit backend that cannot run.
-    """
-    check_qkv(q, k, v, plan, heads, op="sparseflow.attention")
-    if backend != "auto":
-        backend_for(q, plan, backend)  # raise now, with the reasons, rather than inside the op
-    g = plan.geometry
-    return _attention_op(q, k, v, [g.frames, g.height, g.width, g.prefix, g.suffix], list(plan.routes),
-                         list(plan.window), list(plan.topk), list(plan.anchors), plan.compensation,
-                         LINEAR_KINDS.index(plan.linear_kind), plan.linear_own_block, plan.block,
-                         float(plan.scale or 0.0), heads or 0, backend)
-
-
-# -- the plan as one tensor: for callers under torch.compile whose plan changes between calls ---------------
-# `attention` passes the plan as Python ints, which torch.compile specialises on (a new graph per schedule
-# window). `encode_plan` packs it into a small float64 CPU tensor made outside the compiled region (SparseFlow's
-# per-model-call context); `attention_encoded` hands that tensor to the op unchanged, so one graph serves every
-# step. Every value is an integer below 2**53 or the scale, so float64 holds them exactly.
 
 _CODE_VERSION = 1
 _decoded: dict = {}
@@ -208,14 +175,14 @@ def decode_plan(code: torch.Tensor) -> AttentionPlan:
     return plan
 
 
-@torch.library.custom_op("sparseflow::attention_encoded", mutates_args=())
-def _attention_encoded_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: torch.Tensor, heads: int,
-                          backend: str) -> torch.Tensor:
+@torch.library.custom_op("sparseflow::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: torch.Tensor, heads: int,
+                  backend: str) -> torch.Tensor:
     return _run(q, k, v, decode_plan(code), heads if heads > 0 else None, None if backend == "auto" else backend)
 
 
-@_attention_encoded_op.register_fake
-def _attention_encoded_fake(q, k, v, code, heads, backend):
+@_attention_op.register_fake
+def _attention_fake(q, k, v, code, heads, backend):
     return torch.empty_like(q)
 
 
@@ -223,4 +190,17 @@ def attention_encoded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: t
                       heads: int | None = None, backend: str = "auto") -> torch.Tensor:
     """`attention` with the plan given as `encode_plan(plan)`; the caller has checked q/k/v against the plan
     (SparseFlow's patch does, per model call) and picked the backend (`backend_for`)."""
-    return _attention_encoded_op(q, k, v, code, heads or 0, backend)
+    return _attention_op(q, k, v, code, heads or 0, backend)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *, heads: int | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """SparseFlow attention (docs/spec.md) on the chosen backend, through the `sparseflow::attention` custom op.
+
+    q, k, v: (B, H, L, D), or (B, L, H*D) with `heads`. Returns q's layout and dtype. Raises ValueError for
+    bad inputs (spec §7) and for an explicit backend that cannot run.
+    """
+    check_qkv(q, k, v, plan, heads, op="sparseflow.attention")
+    if backend != "auto":
+        backend_for(q, plan, backend)  # raise now, with the reasons, rather than inside the op
+    return _attention_op(q, k, v, encode_plan(plan), heads or 0, backend)
