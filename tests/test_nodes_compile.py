@@ -46,25 +46,33 @@ def test_torch_compile_model_node_keeps_a_patched_model_working(comfy, pack, tin
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
 
 
+def _graphs_per_run(comfy, compiled, runs, before_each=lambda: None) -> dict:  # noqa: F811
+    """{steps: dynamo's unique graphs} for a fresh-compiled sampling run of each length in `runs`."""
+    from torch._dynamo.utils import counters
+
+    latent = tw.empty_latent(tw.WAN21_T2V, 4, 16, 16)
+    positive, negative = tw.make_conditioning(comfy, tw.WAN21_T2V, latent, seed=0)
+    graphs = {}
+    for steps in runs:
+        before_each()
+        torch._dynamo.reset()
+        counters.clear()
+        tw.sample_tiny(comfy, compiled, latent, positive, negative, steps=steps, cfg=3.0, seed=0)
+        graphs[steps] = counters["stats"]["unique_graphs"]
+    return graphs
+
+
 def test_compiled_patched_model_does_not_recompile_when_the_schedule_window_changes(  # noqa: F811
         comfy, pack, tiny_models):  # noqa: F811
     """The plan reaches the op as a tensor made per model call, so window 0 -> 1 -> 2 reuses one graph."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
-    from torch._dynamo.utils import counters
 
     from sparseflow.schedule import describe
 
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
                                           routing=routing_preset("alternating", 2, 2), backend="reference", block=64)
     compiled = TorchCompileModel.execute(patched, "inductor").result[0]
-    latent = tw.empty_latent(tw.WAN21_T2V, 4, 16, 16)
-    positive, negative = tw.make_conditioning(comfy, tw.WAN21_T2V, latent, seed=0)
-    graphs = {}
-    for steps in (1, 6):
-        torch._dynamo.reset()
-        counters.clear()
-        tw.sample_tiny(comfy, compiled, latent, positive, negative, steps=steps, cfg=3.0, seed=0)
-        graphs[steps] = counters["stats"]["unique_graphs"]
+    graphs = _graphs_per_run(comfy, compiled, (1, 6))
     windows = {s.window for s in describe(schedule_preset("balanced"), 6)}
     assert windows == {0, 1, 2}
     state = compiled.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
@@ -78,20 +86,13 @@ def test_compiled_model_does_not_recompile_when_the_prologue_kernel_is_first_loa
     does it before the trace, so the second model call reuses the first call's graph (seen on the GPU as one
     22 s recompile at step 1 before the context did it)."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
-    from torch._dynamo.utils import counters
 
     from sparseflow import prologue
 
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
                                           routing=routing_preset("alternating", 2, 2), backend="auto", block=64)
     compiled = TorchCompileModel.execute(patched, "inductor").result[0]
-    latent = tw.empty_latent(tw.WAN21_T2V, 4, 16, 16)
-    positive, negative = tw.make_conditioning(comfy, tw.WAN21_T2V, latent, seed=0)
-    graphs = {}
-    for steps in (1, 3):
-        monkeypatch.setattr(prologue, "_triton_import", {})  # as in a fresh process: nothing imported yet
-        torch._dynamo.reset()
-        counters.clear()
-        tw.sample_tiny(comfy, compiled, latent, positive, negative, steps=steps, cfg=3.0, seed=0)
-        graphs[steps] = counters["stats"]["unique_graphs"]
+    # as in a fresh process before every run: nothing imported yet
+    graphs = _graphs_per_run(comfy, compiled, (1, 3),
+                             before_each=lambda: monkeypatch.setattr(prologue, "_triton_import", {}))
     assert graphs[3] == graphs[1], f"recompiled after the first call: {graphs}"
