@@ -10,8 +10,9 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sage             every attention call through ComfyUI's attention_sage (what --use-sage-attention does)
   sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (bench/e2e/overrides.py)
   sparseflow       nodes/patch.py apply_sparseflow: default schedule and routing presets, backend triton
-                   (with the fused QK-norm + RoPE prologue, the patch's default)
+                   (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
+  sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
   <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
 
@@ -142,6 +143,8 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend)
         elif base == "sparseflow_nofuse":  # ComfyUI's own QK-norm + RoPE: isolates the fused prologue's gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_qk_norm_rope=False)
+        elif base == "sparseflow_noblock":  # ComfyUI's own block adds + norms: isolates the fused blocks' gain
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
         elif base == "sparseflow_cal":
             rmap, seconds, report = self._calibration()
             notes["calibration_s"] = seconds
@@ -254,6 +257,30 @@ class Bench:
         return row
 
 
+    def profile(self, name: str, out: Path, rows: int = 45) -> None:
+        """One sampler step (one CFG-batched model call) of `name` under torch.profiler: the top kernels by their
+        own time, to <out>/profile_<model>_<name>.txt. Run after `run(name)`, so compile/autotune is done."""
+        from torch.profiler import ProfilerActivity, profile
+
+        a = self.args
+        m, _ = self._patched(name)
+        noise = self.comfy.sample.prepare_noise(self.latent, a.seed)
+        _sync(self.cuda)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        with profile(activities=acts) as prof:
+            self.comfy.sample.sample(m, noise, 1, a.cfg, a.sampler, a.scheduler, self.positive, self.negative,
+                                     self.latent, disable_pbar=True, seed=a.seed)
+            _sync(self.cuda)
+        key = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        events = prof.key_averages()
+        total_ms = sum(getattr(e, key, 0) for e in events) / 1e3
+        text = (f"# one model call of {name} ({self.bench.name}), sorted by {key}; sum {total_ms:.1f} ms\n"
+                + events.table(sort_by=key, row_limit=rows, max_name_column_width=90))
+        (out / f"profile_{self.bench.name}_{name}.txt").write_text(text)
+        print(text[:8000])
+        del m
+
+
 # -- report ------------------------------------------------------------------------------------------------
 
 def _f(x, fmt: str) -> str:
@@ -327,6 +354,8 @@ def main() -> None:
     p.add_argument("--breakdown", default="all",
                    help="eager configurations that get the CUDA-event breakdown hooks ('all', or a comma list; "
                         "give every compared configuration the same hooks so their s/step stay comparable)")
+    p.add_argument("--profile", default="", help="comma list of configurations to profile (one model call each, "
+                   "torch.profiler, after all timed runs): top CUDA kernels to <out>/profile_<model>_<config>.txt")
     p.add_argument("--tag", default="", help="suffix of the output file names (several runs of one model)")
     p.add_argument("--out", default=os.environ.get("OUT", str(boot.REPO / "bench" / "e2e_out")))
     a = p.parse_args()
@@ -359,6 +388,8 @@ def main() -> None:
         (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
                                                                   "rows": bench.results}, indent=1, default=str))
     print(f"\n{json.dumps(env)}\n{text}")
+    for name in [c for c in a.profile.split(",") if c]:
+        bench.profile(name, out)
 
 
 if __name__ == "__main__":

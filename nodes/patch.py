@@ -17,6 +17,7 @@ from sparseflow.plan import BLOCKS, LINEAR_KINDS
 from sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
 from sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
 
+from .fused_block import fused_block_patches
 from .hook import (
     SPARSEFLOW_KEY,
     PatchConfig,
@@ -117,7 +118,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
                      sparsity: float = 0.5, window: int = -1, anchors: tuple[int, ...] = (0,),
                      linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
                      overrides: str | Mapping[str, str] = "{}", node_id: str | None = None,
-                     fuse_qk_norm_rope: bool = True):
+                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
     Installs, under the key "sparseflow": the state in transformer_options, the attention override (chained
@@ -125,6 +126,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     ON_CLEANUP callbacks. Patching a patched model replaces the earlier SparseFlow patch. With
     `fuse_qk_norm_rope`, each block's self_attn.forward is an object patch running the fused QK-norm + RoPE
     prologue (nodes/prologue.py) where ComfyUI's forward is one it mirrors; otherwise the log says why not.
+    With `fuse_block_norms`, each block's forward is one running its residual adds + LayerNorms fused
+    (nodes/fused_block.py), on the same terms.
     """
     import comfy.patcher_extension as pe
 
@@ -141,7 +144,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     sigma_max = float(getattr(model.get_model_object("model_sampling"), "sigma_max", 1.0))
     config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
                          tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id,
-                         bool(fuse_qk_norm_rope))
+                         bool(fuse_qk_norm_rope), bool(fuse_block_norms))
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
@@ -156,23 +159,27 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     for call_type, fn in ((pe.CallbacksMP.ON_PREPARE_STATE, on_prepare_state), (pe.CallbacksMP.ON_CLEANUP, on_cleanup)):
         m.remove_callbacks_with_key(call_type, SPARSEFLOW_KEY)
         m.add_callback_with_key(call_type, SPARSEFLOW_KEY, fn)
-    _set_prologue_patches(m, bool(fuse_qk_norm_rope))
+    _set_forward_patches(m, bool(fuse_qk_norm_rope), bool(fuse_block_norms))
     log.info("SparseFlow: patched %s (%s, %dx%d heads), schedule %s, %s, backend %s", info.config_name,
              info.family, info.layers, info.heads, sched.name, summary(rmap), backend)
     return m
 
 
-def _set_prologue_patches(m, fuse: bool) -> None:
-    """Install (or, patching again with fuse off, remove) the fused QK-norm + RoPE forward object patches."""
+def _set_forward_patches(m, fuse_qk: bool, fuse_blocks: bool) -> None:
+    """Install (or, patching again with an option off, remove) the fused forward object patches: QK-norm + RoPE
+    (self_attn.forward) and block adds + norms (block forward)."""
     for key in [k for k, v in m.object_patches.items() if getattr(v, "_sparseflow", False)]:
         del m.object_patches[key]
-    if not fuse:
-        return
-    patches, why = fused_forward_patches(m.get_model_object("diffusion_model"))
-    if why is not None:
-        log.warning("SparseFlow: QK-norm + RoPE stay ComfyUI's own: %s", why)
-    for key, fn in patches.items():
-        m.add_object_patch(key, fn)
+    dm = m.get_model_object("diffusion_model")
+    for on, make, what in ((fuse_qk, fused_forward_patches, "QK-norm + RoPE stay"),
+                           (fuse_blocks, fused_block_patches, "block adds + norms stay")):
+        if not on:
+            continue
+        patches, why = make(dm)
+        if why is not None:
+            log.warning("SparseFlow: %s ComfyUI's own: %s", what, why)
+        for key, fn in patches.items():
+            m.add_object_patch(key, fn)
 
 
 def patch_text(model) -> str:
@@ -235,6 +242,10 @@ class SparseFlowPatch(io.ComfyNode):
                                  tooltip="Run Wan's QK RMSNorm + RoPE as one fused kernel before attention (same "
                                          "result up to one rounding, faster). Off: ComfyUI's own code.",
                                  **advanced(io.Boolean.Input)),
+                io.Boolean.Input("fuse_block_norms", default=True, optional=True,  # old API prompts lack it
+                                 tooltip="Run each Wan block's residual adds + LayerNorms + modulation as fused "
+                                         "kernels (same roundings as ComfyUI's ops, faster). Off: ComfyUI's own "
+                                         "code.", **advanced(io.Boolean.Input)),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
@@ -243,13 +254,14 @@ class SparseFlowPatch(io.ComfyNode):
     @classmethod
     def execute(cls, *, model: io.Model.Type, sparsity: float, window: int, anchor_frames: int, linear_kind: str,
                 backend: str, block_size: str, routing_overrides: str, schedule: Schedule | None = None,
-                routing: RoutingMap | None = None, fuse_qk_norm_rope: bool = True) -> io.NodeOutput:
+                routing: RoutingMap | None = None, fuse_qk_norm_rope: bool = True,
+                fuse_block_norms: bool = True) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         patched = apply_sparseflow(model, schedule=schedule, routing=routing, sparsity=sparsity, window=window,
                                    anchors=tuple(range(anchor_frames)), linear_kind=linear_kind, backend=backend,
                                    block=int(block_size), overrides=routing_overrides,
                                    node_id=None if node_id is None else str(node_id),
-                                   fuse_qk_norm_rope=fuse_qk_norm_rope)
+                                   fuse_qk_norm_rope=fuse_qk_norm_rope, fuse_block_norms=fuse_block_norms)
         rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].config.routing
         base = resolve_routing(routing, "{}", wan_info(model))
         return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap, base)],

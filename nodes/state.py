@@ -93,6 +93,7 @@ class PatchConfig:
     sigma_max: float = 1.0
     node_id: str | None = None
     fuse_qk_norm_rope: bool = True
+    fuse_block_norms: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,9 @@ class SparseFlowState:
             # cache between the first and second model call, and torch.compile recompiles the whole model
             from sparseflow import prologue
             prologue.triton_reason()
+        if self.config.fuse_block_norms:  # the same for the block kernel (eager runs only, but one import path)
+            from sparseflow import residual_norm
+            residual_norm.triton_reason()
         calls = [self.layer_call(geometry, layer, params, x) for layer in range(self.config.layers)]
         ctx = CallContext(geometry, step, progress, params, tuple(c[0] for c in calls), tuple(c[1] for c in calls))
         self._planned.append((ctx, int(x.shape[0])))

@@ -34,14 +34,19 @@ class RunTelemetry:
     calls: list[CallRecord] = field(default_factory=list)
     passthrough: dict[str, int] = field(default_factory=dict)
     prologue: dict[str, int] = field(default_factory=dict)  # "fused" or why ComfyUI's QK-norm + RoPE ran -> calls
+    block_norms: dict[str, int] = field(default_factory=dict)  # "fused" or why a block's own adds + norms ran
 
     def reset(self) -> None:
         self.calls.clear()
         self.passthrough.clear()
         self.prologue.clear()
+        self.block_norms.clear()
 
     def note_prologue(self, kind: str) -> None:
         self.prologue[kind] = self.prologue.get(kind, 0) + 1
+
+    def note_block_norms(self, kind: str) -> None:
+        self.block_norms[kind] = self.block_norms.get(kind, 0) + 1
 
     def record(self, rec: CallRecord) -> None:
         self.calls.append(rec)
@@ -101,4 +106,7 @@ class RunTelemetry:
         if self.prologue:
             text += "; QK-norm + RoPE: " + ", ".join(
                 ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in self.prologue.items())
+        if self.block_norms:
+            text += "; block adds + norms: " + ", ".join(
+                ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in self.block_norms.items())
         return text

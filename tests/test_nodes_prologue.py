@@ -52,11 +52,13 @@ def test_installed_comfyui_forward_is_one_the_prologue_mirrors_and_every_block_g
     attn_cls = type(model.get_model_object("diffusion_model").blocks[0].self_attn)
     assert _prologue_module().forward_fingerprint(attn_cls) in _prologue_module().KNOWN_FORWARDS
     patched = _patch(pack, model)
-    keys = sorted(k for k, v in patched.object_patches.items() if getattr(v, "_sparseflow", False))
+    keys = sorted(k for k, v in patched.object_patches.items() if getattr(v, "_sparseflow", False)
+                  and k.endswith(".self_attn.forward"))
     assert keys == [PATCH_KEY.format(i) for i in range(2)]
     assert not any(getattr(v, "_sparseflow", False) for v in model.object_patches.values())
     off = _patch(pack, patched, fuse_qk_norm_rope=False)  # patching again with it off removes them
-    assert not any(getattr(v, "_sparseflow", False) for v in off.object_patches.values())
+    assert not any(getattr(v, "_sparseflow", False) and k.endswith(".self_attn.forward")
+                   for k, v in off.object_patches.items())
 
 
 @pytest.mark.parametrize("variant,batch", [(tw.WAN21_T2V, 2), (tw.WAN21_I2V, 1), (tw.WAN22_TI2V_5B, 1),
@@ -122,6 +124,7 @@ def test_a_comfyui_forward_the_prologue_does_not_know_is_left_alone(pack, tiny_m
     monkeypatch.setattr(mod, "KNOWN_FORWARDS", {})
     with caplog.at_level(logging.WARNING, logger="sparseflow.nodes"):
         patched = _patch(pack, tiny_models[tw.WAN21_T2V])
-    assert not any(getattr(v, "_sparseflow", False) for v in patched.object_patches.values())
+    assert not any(getattr(v, "_sparseflow", False) and k.endswith(".self_attn.forward")
+                   for k, v in patched.object_patches.items())
     assert "is not one SparseFlow's fused prologue mirrors" in caplog.text
     assert "QK-norm + RoPE stay ComfyUI's own" in caplog.text

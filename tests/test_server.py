@@ -136,6 +136,7 @@ def test_object_info_lists_every_node_with_tooltips_and_descriptions(server):
     assert info["SparseFlowPatch"]["input"]["optional"]["schedule"][0] == "SPARSEFLOW_SCHEDULE"
     # optional, so API prompts written before it existed still validate (the prompt below leaves it out)
     assert info["SparseFlowPatch"]["input"]["optional"]["fuse_qk_norm_rope"][1]["default"] is True
+    assert info["SparseFlowPatch"]["input"]["optional"]["fuse_block_norms"][1]["default"] is True
     assert info["SparseFlowRouting"]["output"] == ["SPARSEFLOW_ROUTING"]
     extensions = _get(f"{server['url']}/extensions")
     assert all(isinstance(e, str) for e in extensions)

@@ -1,0 +1,167 @@
+"""Fused residual adds + LayerNorms of Wan blocks behind the SparseFlow patch: a per-model `block.forward` patch.
+
+Between its modules, ComfyUI's `WanAttentionBlock.forward` runs LayerNorm + modulation before self-attention
+and the FFN, LayerNorm before cross-attention and a (gated) residual add after each module: seven elementwise
+passes over the residual stream, running well below memory speed (docs/performance.md, "block adds + norms").
+With the patch option `fuse_block_norms`, each block's `forward` is replaced, through ComfyUI's own object
+patches (`ModelPatcher.add_object_patch`, undone when the model is unpatched), by `fused_block_forward`
+below: the same modules called the same way (so attention overrides, the fused prologue and LoRA-patched
+Linear layers all still apply), with each add and the norm after it done by `sparseflow.residual_norm`'s
+kernel in one pass (four launches per block instead of about ten kernels).
+
+It replaces only a forward it knows: the source-token fingerprint of `type(block).forward` must be one in
+`KNOWN_BLOCK_FORWARDS`; other ComfyUI versions and block kinds keep their own forward, said once in the log.
+Per call, inputs the kernel does not take (CPU with the triton backend, fp32, LoRA functions on a norm)
+run ComfyUI's own forward, and a module output the kernel does not take runs ComfyUI's ops for that one
+add; both are counted in the run telemetry. Under torch.compile (TorchCompileModel) ComfyUI's own forward
+runs, since inductor fuses these passes itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+
+from sparseflow import residual_norm
+
+from .prologue import forward_fingerprint
+from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
+
+__all__ = ["KNOWN_BLOCK_FORWARDS", "fused_block_patches", "make_fused_block_forward"]
+
+log = logging.getLogger("sparseflow.nodes")
+
+# source-token fingerprints (nodes.prologue.forward_fingerprint) of the WanAttentionBlock.forward bodies mirrored
+KNOWN_BLOCK_FORWARDS = {
+    "93fc5b715007c426": "ComfyUI 0.3.64 (a125cd84): modulation + e (chunk / unbind), norm1 -> self_attn, addcmul, "
+                        "norm3 -> cross_attn, add, norm2 -> ffn, addcmul",
+}
+FUSED = "fused"
+
+
+def _layer_norm(norm: torch.nn.Module, x: torch.Tensor, c: int) -> tuple[tuple | None, str | None]:
+    """((weight, bias, eps), None) of a LayerNorm over the last dim (weight/bias None when not affine), or
+    (None, why the kernel cannot stand in for it)."""
+    if not isinstance(norm, torch.nn.LayerNorm) or tuple(norm.normalized_shape) != (c,):
+        return None, f"{type(norm).__name__} is not a LayerNorm over the model dim"
+    if getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
+        return None, "a block norm has patch functions (LoRA on the norm)"
+    w, b = norm.weight, norm.bias
+    if w is None and b is None:
+        return (None, None, float(norm.eps)), None
+    if w is None or b is None:
+        return None, "a block norm has a weight but no bias (or the reverse)"
+    if w.device != x.device:
+        if not getattr(norm, "comfy_cast_weights", False):
+            return None, f"block norm weight on {w.device}, input on {x.device}"
+        w, b = w.to(device=x.device, non_blocking=True), b.to(device=x.device, non_blocking=True)
+    return (w.to(x.dtype).contiguous(), b.to(x.dtype).contiguous(), float(norm.eps)), None
+
+
+def _backend(state: SparseFlowState, x: torch.Tensor) -> tuple[str | None, str | None]:
+    if state.config.backend == "reference":
+        return "reference", None
+    why = residual_norm.triton_reason(x)
+    return (None, f"fused block norms cannot run: {why}") if why else ("triton", None)
+
+
+def make_fused_block_forward(block: torch.nn.Module):
+    """A replacement for `block.forward` (a WanAttentionBlock of a known forward) with fused adds + norms."""
+    original = type(block).forward.__get__(block)
+    wan = sys.modules[type(block).__module__]
+
+    def fused_block_forward(x, e, freqs, context, context_img_len=257, transformer_options={},  # noqa: B006
+                            **kwargs):
+        to = transformer_options
+        if torch.compiler.is_compiling():  # inductor fuses ComfyUI's own passes; no host work inside the trace
+            return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
+                            **kwargs)
+        state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
+        c = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() == 3 else -1
+        why = backend = n1 = n2 = n3 = None
+        if kwargs:
+            why = f"unexpected arguments {sorted(kwargs)}"
+        elif not isinstance(state, SparseFlowState):
+            why = "no SparseFlow state in transformer_options"
+        elif c < 0:
+            why = "the residual stream is not (B, L, C)"
+        if why is None:
+            backend, why = _backend(state, x)
+        if why is None:
+            n1, why = _layer_norm(block.norm1, x, c)
+        if why is None:
+            n2, why = _layer_norm(block.norm2, x, c)
+        if why is None and not isinstance(block.norm3, torch.nn.Identity):
+            n3, why = _layer_norm(block.norm3, x, c)
+        if why is None and (n1[0] is not None or n2[0] is not None):
+            why = "norm1 / norm2 have an affine weight (Wan's have none)"
+        if why is None:
+            mod = wan.comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
+            ee = (mod + e).chunk(6, dim=1) if e.ndim < 4 else (mod.unsqueeze(0) + e).unbind(2)
+            ee = [wan.repeat_e(t, x) for t in ee]
+            why = next((r for i, t in enumerate(ee) if (r := residual_norm.rows_reason(f"e[{i}]", t, x))), None)
+        if why is not None:
+            if isinstance(state, SparseFlowState):
+                state.telemetry.note_block_norms(why)
+            log_once(("block_norms", why), "SparseFlow: block adds + norms stay ComfyUI's own here: %s", why)
+            return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
+                            **kwargs)
+
+        fallbacks = []
+
+        def add_norm(s, y, gate, norm, weight=None, bias=None, shift=None, scale=None, eps=1e-6):
+            use = backend
+            if use == "triton":  # a module output the kernel does not take: ComfyUI's ops for this one add
+                bad = residual_norm.add_norm_reason(s, y, gate, norm=norm, weight=weight, bias=bias, shift=shift,
+                                                    scale=scale)
+                if bad is not None:
+                    fallbacks.append(bad)
+                    use = "reference"
+            return residual_norm.run_add_norm(s, y, gate, norm, weight, bias, shift, scale, eps, use)
+
+        # each module's input and output are dropped as soon as they are used, as ComfyUI's forward drops its
+        # temporaries: the same tensors are alive at each point, so the peak memory is ComfyUI's
+        _, h = add_norm(x, None, None, True, shift=ee[0], scale=ee[1], eps=n1[2])
+        y = block.self_attn(h, freqs, transformer_options=to)
+        del h
+        if n3 is None:  # norm3 is Identity (cross_attn_norm off)
+            x, _ = add_norm(x, y, ee[2], False)
+            h = x
+        else:
+            x, h = add_norm(x, y, ee[2], True, n3[0], n3[1], eps=n3[2])
+        del y
+        y = block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=to)
+        del h
+        x, h = add_norm(x, y, None, True, shift=ee[3], scale=ee[4], eps=n2[2])
+        del y
+        y = block.ffn(h)
+        del h
+        x, _ = add_norm(x, y, ee[5], False)
+        for bad in fallbacks:
+            state.telemetry.note_block_norms(f"one add: {bad}")
+            log_once(("block_norms", bad), "SparseFlow: one block add + norm ran ComfyUI's ops: %s", bad)
+        state.telemetry.note_block_norms(FUSED)
+        return x
+
+    fused_block_forward._sparseflow = True
+    return fused_block_forward
+
+
+def fused_block_patches(dm: torch.nn.Module) -> tuple[dict[str, object], str | None]:
+    """Object patches {"diffusion_model.blocks.i.forward": fused forward} for every main block, or ({}, why not)
+    when a block's forward is not one SparseFlow mirrors. VACE blocks keep their own forward (theirs adds the
+    hint projections around the same body and calls it through the class, not the instance)."""
+    blocks = getattr(dm, "blocks", None) or ()
+    if not len(blocks):
+        return {}, "the diffusion model has no blocks"
+    patches: dict[str, object] = {}
+    for i, block in enumerate(blocks):
+        fp = forward_fingerprint(type(block))
+        if fp not in KNOWN_BLOCK_FORWARDS:
+            return {}, (f"{type(block).__module__}.{type(block).__qualname__}.forward of this ComfyUI (fingerprint "
+                        f"{fp}) is not one SparseFlow's fused block norms mirror (known: "
+                        f"{', '.join(KNOWN_BLOCK_FORWARDS.values())})")
+        patches[f"diffusion_model.blocks.{i}.forward"] = make_fused_block_forward(block)
+    return patches, None

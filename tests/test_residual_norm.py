@@ -1,0 +1,145 @@
+"""Fused residual add + LayerNorm + modulation of a Wan block: reference semantics, Triton kernel, errors.
+
+The reference (ComfyUI's own op sequence) is checked in float64 against the formula written out; the Triton
+kernel against the reference (TRITON_INTERPRET=1 on CPU at small shapes, compiled on CUDA, plus the Wan 2.1
+1.3B CFG shape there). tests/test_nodes_block_norms.py checks the patched Wan block against ComfyUI's block.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from helpers import assert_close_report  # noqa: E402
+
+from sparseflow.residual_norm import add_norm, add_norm_reason, add_norm_reference  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+ULP = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+def _rows(gen, batch, length, c, dtype, per_token):
+    """Six modulation rows as ComfyUI makes them: (modulation + e).unbind(2), so each row is a strided view."""
+    e = torch.randn(batch, length if per_token else 1, 6, c, generator=gen) * 0.3
+    return (e.to(dtype).to(DEV)).unbind(2)
+
+
+def test_reference_is_the_formula_in_float64():
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(2, 9, 40, generator=gen, dtype=torch.float64) for _ in range(2))
+    g, sh, sc = (torch.randn(2, 1, 40, generator=gen, dtype=torch.float64) for _ in range(3))
+    w, b = torch.randn(40, generator=gen, dtype=torch.float64), torch.randn(40, generator=gen, dtype=torch.float64)
+    s = x + y * g
+    mu = s.mean(-1, keepdim=True)
+    ln = (s - mu) / torch.sqrt(((s - mu) ** 2).mean(-1, keepdim=True) + 1e-6)
+    out_s, out_n = add_norm_reference(x, y, g, shift=sh, scale=sc, eps=1e-6)
+    torch.testing.assert_close(out_s, s, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_n, sh + ln * (1 + sc), rtol=1e-12, atol=1e-12)
+    _, affine = add_norm_reference(x, y, g, weight=w, bias=b, eps=1e-6)
+    torch.testing.assert_close(affine, ln * w + b, rtol=1e-12, atol=1e-12)
+    plain, none = add_norm_reference(x, y, None, norm=False)
+    torch.testing.assert_close(plain, x + y, rtol=0, atol=0)
+    assert none is None
+
+
+# the four adds + norms of a Wan block: (has y, has gate, norm, affine, modulate)
+CASES = {
+    "norm1_modulated": (False, False, True, False, True),
+    "gated_add_then_affine_norm3": (True, True, True, True, False),
+    "add_then_norm2_modulated": (True, False, True, False, True),
+    "gated_add_only": (True, True, False, False, False),
+}
+
+
+def _kernel_case(case, batch, length, c, dtype, per_token=False, shared_rows=False, seed=0, channel_major=False):
+    from kernels.residual_norm import add_norm as kernel
+
+    has_y, has_gate, norm, affine, modulate = CASES[case]
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, length, c, generator=gen) * 3 + 1).to(dtype).to(DEV)
+    if channel_major:  # Wan's stream in the first block: patch_embedding(x).flatten(2).transpose(1, 2)
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    y = (torch.randn(batch, length, c, generator=gen) * 2).to(dtype).to(DEV) if has_y else None
+    e = _rows(gen, 1 if shared_rows else batch, length, c, dtype, per_token)
+    w = (torch.rand(c, generator=gen) + 0.5).to(dtype).to(DEV) if affine else None
+    b = torch.randn(c, generator=gen).to(dtype).to(DEV) if affine else None
+    gate = e[2] if has_gate else None
+    shift, scale = (e[0], e[1]) if modulate else (None, None)
+    assert add_norm_reason(x, y, gate, norm=norm, weight=w, bias=b, shift=shift, scale=scale) is None
+    s, n = kernel(x, y, gate, norm, w, b, shift, scale, 1e-6)
+    rs, rn = add_norm_reference(x, y, gate, norm=norm, weight=w, bias=b, shift=shift, scale=scale, eps=1e-6)
+    ulp = ULP[dtype]
+    exact = dtype == torch.float16 or DEV == "cuda"  # the CPU interpreter truncates fp32 -> bf16
+    if has_y:
+        assert s.dtype == dtype and s.is_contiguous()
+        assert_close_report(s, rs, atol=0 if exact else ulp, rtol=0 if exact else ulp, what="sum")
+    else:
+        assert s is x
+    if norm:
+        assert n.dtype == dtype and n.shape == x.shape and n.is_contiguous()
+        # ComfyUI's roundings are mirrored, so only the fp32 mean / variance sums' order differs: a few
+        # elements one or two units in the last place apart (4 where the interpreter truncates each of the
+        # sum, the norm, 1 + scale and the output)
+        bound = (2 if exact else 4) * ulp
+        assert_close_report(n, rn, atol=bound, rtol=bound, what="norm")
+        if exact:
+            assert (n != rn).float().mean().item() < 0.01
+    else:
+        assert n is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_reference_non_power_of_two_dim_odd_length_cfg_batch(case, dtype):
+    # C = 96: a 128-wide program with masked lanes (the mean / variance must ignore them); L = 13 is odd
+    _kernel_case(case, batch=2, length=13, c=96, dtype=dtype)
+
+
+@pytest.mark.parametrize("case", ["norm1_modulated", "gated_add_only"])
+def test_kernel_per_token_modulation_rows(case):
+    # Wan 2.2 TI2V: one timestep per token, so e holds a row per token (stride 6C between tokens)
+    _kernel_case(case, batch=2, length=11, c=64, dtype=torch.float16, per_token=True, seed=1)
+
+
+@pytest.mark.parametrize("case", ["norm1_modulated", "gated_add_then_affine_norm3"])
+def test_kernel_reads_a_channel_major_stream(case):
+    _kernel_case(case, batch=2, length=10, c=64, dtype=torch.float16, seed=4, channel_major=True)
+
+
+def test_kernel_rows_shared_by_the_batch():
+    _kernel_case("add_then_norm2_modulated", batch=2, length=9, c=64, dtype=torch.float16, shared_rows=True, seed=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: needs CUDA (the Wan shape is too big for the "
+                                                          "interpreter)")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_reference_at_wan_1_3b_shape_on_gpu(case):
+    # Wan 2.1 1.3B 480p x 81f, CFG batch: B=2, L=32760, C=1536; bound: 2 ulp per element, < 1 % of elements differ
+    _kernel_case(case, batch=2, length=32760, c=1536, dtype=torch.float16, seed=3)
+
+
+def test_op_reference_backend_and_errors_name_the_input():
+    x, y = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    g = torch.randn(2, 1, 32)
+    s, n = add_norm(x, y, g, norm=True, backend="reference")
+    rs, rn = add_norm_reference(x, y, g)
+    torch.testing.assert_close(s, rs, rtol=0, atol=0)
+    torch.testing.assert_close(n, rn, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"gate shape \(2, 3, 32\) is not \(1 or B, 1 or L, C\)"):
+        add_norm(x, y, torch.randn(2, 3, 32), backend="reference")
+    with pytest.raises(ValueError, match="shift and scale come together"):
+        add_norm(x, shift=g, backend="reference")
+    with pytest.raises(ValueError, match="module output"):
+        add_norm(x, torch.randn(2, 5, 16), backend="reference")
+    with pytest.raises(ValueError, match="norm weight is not a contiguous"):
+        add_norm(x, weight=torch.ones(16), bias=torch.zeros(16), backend="reference")
+    with pytest.raises(ValueError, match="gate last dim is not contiguous"):
+        add_norm(x, y, torch.randn(2, 1, 64)[..., ::2], backend="reference")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        add_norm(x, backend="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="backend 'triton' cannot run: no CUDA device"):
+            add_norm(x.half(), backend="triton")
