@@ -13,6 +13,8 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
                    (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
+  sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
+  sparseflow_spNNN the same with the Patch node's sparsity slider at NNN/100 (e.g. sparseflow_sp030)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
   <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
 
@@ -47,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benc
 from bench.e2e import boot  # noqa: E402
 from bench.e2e.checkpoints import MODELS, build_state_dict  # noqa: E402
 from bench.e2e.timing import Breakdown, StepTimer  # noqa: E402
+from sparseflow.schedule import SCHEDULE_PRESETS, schedule_preset  # noqa: E402
 
 log = logging.getLogger("sparseflow.bench.e2e")
 
@@ -145,6 +148,11 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_qk_norm_rope=False)
         elif base == "sparseflow_noblock":  # ComfyUI's own block adds + norms: isolates the fused blocks' gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
+        elif base.startswith("sparseflow_sp") and base[len("sparseflow_sp"):].isdigit():  # e.g. sparseflow_sp030
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, sparsity=int(base[len("sparseflow_sp"):]) / 100)
+        elif base.startswith("sparseflow_") and base[len("sparseflow_"):] in SCHEDULE_PRESETS:  # sparseflow_quality
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend,
+                                               schedule=schedule_preset(base[len("sparseflow_"):]))
         elif base == "sparseflow_cal":
             rmap, seconds, report = self._calibration()
             notes["calibration_s"] = seconds

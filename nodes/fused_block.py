@@ -7,7 +7,8 @@ With the patch option `fuse_block_norms`, each block's `forward` is replaced, th
 patches (`ModelPatcher.add_object_patch`, undone when the model is unpatched), by `fused_block_forward`
 below: the same modules called the same way (so attention overrides, the fused prologue and LoRA-patched
 Linear layers all still apply), with each add and the norm after it done by `sparseflow.residual_norm`'s
-kernel in one pass (four launches per block instead of about ten kernels).
+kernel in one pass (four launches per block instead of about ten kernels), and the FFN's first Linear + GELU as
+one cuBLASLt GEMM with a GELU epilogue where that Linear is a plain fp16/bf16 one (`sparseflow.ffn`).
 
 It replaces only a forward it knows: the source-token fingerprint of `type(block).forward` must be one in
 `KNOWN_BLOCK_FORWARDS`; other ComfyUI versions and block kinds keep their own forward, said once in the log.
@@ -24,7 +25,7 @@ import sys
 
 import torch
 
-from sparseflow import residual_norm
+from sparseflow import ffn, residual_norm
 
 from .prologue import forward_fingerprint
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
@@ -123,6 +124,18 @@ def make_fused_block_forward(block: torch.nn.Module):
 
         # each module's input and output are dropped as soon as they are used, as ComfyUI's forward drops its
         # temporaries: the same tensors are alive at each point, so the peak memory is ComfyUI's
+        def run_ffn(h):  # Linear -> GELU(tanh) -> Linear, the first two as one GEMM with a GELU epilogue
+            seq = block.ffn
+            why_not = "the FFN is not Linear, GELU, Linear" if not (isinstance(seq, torch.nn.Sequential)
+                                                                       and len(seq) == 3) else None
+            if why_not is None and backend == "triton":
+                why_not = ffn.linear_gelu_reason(seq[0], seq[1], h)
+                if why_not is None:
+                    return seq[2](ffn.linear_gelu(h, seq[0].weight, seq[0].bias))
+            if why_not is not None:
+                fallbacks.append(f"FFN GELU unfused: {why_not}")
+            return seq(h)
+
         _, h = add_norm(x, None, None, True, shift=ee[0], scale=ee[1], eps=n1[2])
         y = block.self_attn(h, freqs, transformer_options=to)
         del h
@@ -136,12 +149,13 @@ def make_fused_block_forward(block: torch.nn.Module):
         del h
         x, h = add_norm(x, y, None, True, shift=ee[3], scale=ee[4], eps=n2[2])
         del y
-        y = block.ffn(h)
+        y = run_ffn(h)
         del h
         x, _ = add_norm(x, y, ee[5], False)
         for bad in fallbacks:
-            state.telemetry.note_block_norms(f"one add: {bad}")
-            log_once(("block_norms", bad), "SparseFlow: one block add + norm ran ComfyUI's ops: %s", bad)
+            kind = bad if bad.startswith("FFN GELU") else f"one add: {bad}"
+            state.telemetry.note_block_norms(kind)
+            log_once(("block_norms", bad), "SparseFlow: part of a block ran ComfyUI's ops: %s", kind)
         state.telemetry.note_block_norms(FUSED)
         return x
 

@@ -244,8 +244,9 @@ class SparseFlowPatch(io.ComfyNode):
                                  **advanced(io.Boolean.Input)),
                 io.Boolean.Input("fuse_block_norms", default=True, optional=True,  # old API prompts lack it
                                  tooltip="Run each Wan block's residual adds + LayerNorms + modulation as fused "
-                                         "kernels (same roundings as ComfyUI's ops, faster). Off: ComfyUI's own "
-                                         "code.", **advanced(io.Boolean.Input)),
+                                         "kernels, and the FFN's GELU inside its first matmul (ComfyUI's "
+                                         "roundings up to one, faster, less memory). Off: ComfyUI's own code.",
+                                 **advanced(io.Boolean.Input)),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],

@@ -138,7 +138,9 @@ def test_a_module_output_the_kernel_does_not_take_runs_comfyuis_ops_for_that_add
     patched = _patch(pack, model)
     out = _sample(comfy, patched)
     torch.testing.assert_close(out, own, rtol=1e-5, atol=1e-5)
-    assert _last(pack, patched).block_norms == {"one add: test: FFN output refused": STEPS * 2, "fused": STEPS * 2}
+    gelu_cpu = "FFN GELU unfused: input on cpu (the GELU epilogue is cuBLASLt's)"  # said, like every fallback
+    assert _last(pack, patched).block_norms == {"one add: test: FFN output refused": STEPS * 2,
+                                                gelu_cpu: STEPS * 2, "fused": STEPS * 2}
 
 
 def _reference_positional(x, y, gate, norm, weight, bias, shift, scale, eps):

@@ -143,3 +143,33 @@ def test_op_reference_backend_and_errors_name_the_input():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="backend 'triton' cannot run: no CUDA device"):
             add_norm(x.half(), backend="triton")
+
+
+def test_ffn_gelu_epilogue_is_used_only_where_it_is_comfyuis_function():
+    from sparseflow.ffn import linear_gelu_reason
+
+    lin, act = torch.nn.Linear(16, 32), torch.nn.GELU(approximate="tanh")
+    x = torch.randn(2, 3, 16)
+    assert "input on cpu" in linear_gelu_reason(lin, act, x)
+    assert "not GELU(approximate='tanh')" in linear_gelu_reason(lin, torch.nn.GELU(), x)
+    assert "no bias" in linear_gelu_reason(torch.nn.Linear(16, 32, bias=False), act, x)
+    lin.weight_function = [lambda w: w]  # a LoRA patch function, as ComfyUI's ops hold them
+    assert "patch functions" in linear_gelu_reason(lin, act, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: the GELU epilogue is cuBLASLt's")
+def test_ffn_gelu_epilogue_matches_comfyuis_linear_then_gelu_on_gpu():
+    # Wan 2.1 1.3B FFN at the CFG shape: (2, 32760, 1536) -> 8960; bound: rel. error 1e-3 (fp16 rounding, ~4e-4 seen)
+    from sparseflow.ffn import linear_gelu, linear_gelu_reason
+
+    gen = torch.Generator().manual_seed(5)
+    lin = torch.nn.Linear(1536, 8960).half().cuda()
+    torch.nn.init.normal_(lin.weight, std=1536 ** -0.5, generator=None)
+    x = torch.randn(2, 32760, 1536, generator=gen).half().cuda()
+    act = torch.nn.GELU(approximate="tanh")
+    assert linear_gelu_reason(lin, act, x) is None
+    out = linear_gelu(x, lin.weight, lin.bias)
+    ref = act(lin(x))
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert err < 1e-3, err

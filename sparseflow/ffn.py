@@ -1,0 +1,47 @@
+"""A Wan FFN's first Linear + tanh-GELU as one GEMM with a GELU epilogue (cuBLASLt), on CUDA.
+
+ComfyUI's Wan FFN is `Linear -> GELU(approximate='tanh') -> Linear`; the GELU is a separate pass over the
+(B, L, ffn_dim) hidden tensor (2 x 1.2 GB per layer on Wan 1.3B, 2 x 4.2 GB on 14B). `torch._addmm_activation(
+bias, x, W^T, use_gelu=True)` asks cuBLASLt for the GEMM with its GELU (tanh approximation) + bias epilogue, so the
+hidden tensor is written once, already activated. On CUDA it is the same function as ComfyUI's up to rounding: the
+epilogue applies GELU to the fp32 accumulator and rounds once, where ComfyUI rounds the Linear's output first.
+(On the CPU, `_addmm_activation` applies the exact erf GELU, so it is used on CUDA only.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["linear_gelu", "linear_gelu_reason"]
+
+
+def linear_gelu_reason(linear: torch.nn.Module, act: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """None when `act(linear(x))` may run as `linear_gelu(x, linear.weight, linear.bias)`, else why not."""
+    if not isinstance(act, torch.nn.GELU) or act.approximate != "tanh":
+        return f"the FFN activation is {act!r}, not GELU(approximate='tanh')"
+    if not isinstance(linear, torch.nn.Linear):
+        return f"the FFN's first layer is {type(linear).__name__}, not a Linear"
+    if getattr(linear, "comfy_cast_weights", False) or getattr(linear, "weight_function", None) \
+            or getattr(linear, "bias_function", None):
+        return "the FFN's first Linear casts its weights or has patch functions (LoRA / offloading)"
+    w, b = linear.weight, linear.bias
+    if not isinstance(w, torch.Tensor) or type(w) not in (torch.Tensor, torch.nn.Parameter):
+        return f"the FFN weight is a {type(w).__name__} (quantised or wrapped)"
+    if b is None:
+        return "the FFN's first Linear has no bias"
+    if x.device.type != "cuda":
+        return f"input on {x.device} (the GELU epilogue is cuBLASLt's)"
+    if not (w.dtype == b.dtype == x.dtype) or x.dtype not in (torch.float16, torch.bfloat16):
+        return f"dtypes x {x.dtype}, weight {w.dtype}, bias {b.dtype} (the epilogue takes one of float16/bfloat16)"
+    if w.device != x.device or b.device != x.device:
+        return "the FFN weight is on another device"
+    if not x.is_contiguous():
+        return "the FFN input is not contiguous"
+    return None
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x @ weight^T + bias) for a contiguous (..., K) x, as one GEMM; callers ask `linear_gelu_reason`."""
+    k = x.shape[-1]
+    out = torch._addmm_activation(bias, x.reshape(-1, k), weight.t(), use_gelu=True)
+    return out.view(*x.shape[:-1], weight.shape[0])
