@@ -22,7 +22,7 @@ import torch
 from sparseflow.geometry import geometry_from_latent
 from sparseflow.masks import density
 from sparseflow.routing import routing_preset
-from sparseflow.schedule import SCHEDULE_PRESETS
+from sparseflow.schedule import SCHEDULE_PRESETS, Keyframe, Schedule
 from sparseflow.synthetic import structured_qkv
 
 from . import calib, timing
@@ -39,6 +39,12 @@ CALIB_SEED = 2 * 10**9
 BUDGETS = (0.05, 0.1, 0.2)
 PRESET_ROUTINGS = ("all_sparse", "heuristic", "alternating")
 PRESET_SCHEDULES = ("fast", "balanced", "quality")
+# two schedules between `quality` and dense, with the heuristic routing: points on the speed axis next to
+# sol_attn's fastest settings (2.6-2.8x at the 1.3B shape), so PSNR is compared at about equal speed
+EXTRA_SCHEDULES = {
+    "quality_w2": Schedule((Keyframe(0.0, 2), Keyframe(0.85, 2, dense=True)), name="quality_w2"),
+    "quality_dense70": Schedule((Keyframe(0.0, 1), Keyframe(0.7, 2, dense=True)), name="quality_dense70"),
+}
 # (method, tau, keep ratio, start percent): core node defaults start 0.2; start 0 = sol_attn on every step
 SOL_SETTINGS = (("tau", 0.5, 0.0, 0.2), ("tau", 1.3, 0.0, 0.2), ("tau", 2.0, 0.0, 0.2), ("tau", 3.0, 0.0, 0.2),
                 ("keep", 1.3, 0.05, 0.2), ("keep", 1.3, 0.1, 0.2), ("keep", 1.3, 0.2, 0.2), ("keep", 1.3, 0.3, 0.2),
@@ -61,6 +67,7 @@ class Setting:
 def _settings() -> list[Setting]:
     out = [Setting("sparseflow all_dense (kernel floor)", "floor", "all_dense", "dense")]
     out += [Setting(f"sparseflow {r} / {s}", "preset", r, s) for r in PRESET_ROUTINGS for s in PRESET_SCHEDULES]
+    out += [Setting(f"sparseflow heuristic / {s}", "preset", "heuristic", s) for s in EXTRA_SCHEDULES]
     out += [Setting(f"sparseflow calibrated {b:g}", "calibrated", f"calibrated:{b:g}", "fixed", budget=b)
             for b in BUDGETS]
     for kind, tau, ratio, start in SOL_SETTINGS:
@@ -68,6 +75,10 @@ def _settings() -> list[Setting]:
         name += "" if start == 0.2 else f" start={start:g}"
         out.append(Setting(name, "sol_attn", tau=tau, topk_ratio=ratio, start_percent=start))
     return out
+
+
+def _schedule(name: str) -> Schedule:
+    return SCHEDULE_PRESETS[name] if name in SCHEDULE_PRESETS else EXTRA_SCHEDULES[name]
 
 
 def _sol_reason() -> str | None:
@@ -205,7 +216,7 @@ def main() -> None:  # noqa: C901 - one linear script of stages
             ov = SolAttnOverride(layers, s.tau, s.topk_ratio, a.shift, start_percent=s.start_percent)
         else:
             rmap = maps[s.budget] if s.family == "calibrated" else routing_preset(s.routing, layers, heads)
-            sched = FIXED if s.family == "calibrated" else SCHEDULE_PRESETS[s.schedule]
+            sched = FIXED if s.family == "calibrated" else _schedule(s.schedule)
             ov = SparseFlowOverride(geom, rmap, sched, attention)
         t1 = time.perf_counter()
         try:
@@ -280,7 +291,7 @@ def _timings(settings, maps, cap, geom, attention, a, layers, heads, res) -> Non
                                                 sparse_steps=n, steps=a.steps, layers=30)
             else:
                 rmap = maps[s.budget] if s.family == "calibrated" else routing_preset(s.routing, layers, heads)
-                sched = FIXED if s.family == "calibrated" else SCHEDULE_PRESETS[s.schedule]
+                sched = FIXED if s.family == "calibrated" else _schedule(s.schedule)
                 t_ms, d_ms = timing.sparseflow_run_ms(tiny, geom, rmap, sched, a.steps)
                 # presets: the preset itself at 30 x 12 (what a Wan 1.3B user gets); calibrated maps: tiled
                 big_map = timing.tile_map(rmap, 30, 12) if s.family == "calibrated" else \
