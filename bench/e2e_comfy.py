@@ -87,6 +87,9 @@ class Bench:
         from SparseFlow.nodes import patch as sf_patch  # noqa: E402  (the pack, loaded as a package)
 
         self.sf_patch = sf_patch
+        from SparseFlow.nodes import fused_block as sf_fused_block  # noqa: E402
+
+        self.sf_fused_block = sf_fused_block
         self.bench = MODELS[args.model]
         self.device = self.comfy.model_management.get_torch_device()
         self.family = "wan2.2-5b" if self.bench.latent[0] == 48 else "wan2.1"
@@ -202,7 +205,8 @@ class Bench:
             noise = self.comfy.sample.prepare_noise(self.latent, a.seed)
             breakdown = None
             if not row["compile"] and ("all" in a.breakdown or name.split("+")[0] in a.breakdown):
-                breakdown = Breakdown(m.get_model_object("diffusion_model"), self.comfy.wan_model, self.cuda)
+                breakdown = Breakdown(m.get_model_object("diffusion_model"), self.comfy.wan_model, self.cuda,
+                                      fused_block_module=self.sf_fused_block)
             _sync(self.cuda)
             t0 = time.perf_counter()
             timer.start()

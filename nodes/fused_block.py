@@ -30,7 +30,7 @@ from sparseflow import ffn, residual_norm
 from .prologue import forward_fingerprint
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
-__all__ = ["KNOWN_BLOCK_FORWARDS", "fused_block_patches", "make_fused_block_forward"]
+__all__ = ["KNOWN_BLOCK_FORWARDS", "ffn_forward", "fused_block_patches", "make_fused_block_forward"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -124,18 +124,6 @@ def make_fused_block_forward(block: torch.nn.Module):
 
         # each module's input and output are dropped as soon as they are used, as ComfyUI's forward drops its
         # temporaries: the same tensors are alive at each point, so the peak memory is ComfyUI's
-        def run_ffn(h):  # Linear -> GELU(tanh) -> Linear, the first two as one GEMM with a GELU epilogue
-            seq = block.ffn
-            why_not = "the FFN is not Linear, GELU, Linear" if not (isinstance(seq, torch.nn.Sequential)
-                                                                       and len(seq) == 3) else None
-            if why_not is None and backend == "triton":
-                why_not = ffn.linear_gelu_reason(seq[0], seq[1], h)
-                if why_not is None:
-                    return seq[2](ffn.linear_gelu(h, seq[0].weight, seq[0].bias))
-            if why_not is not None:
-                fallbacks.append(f"FFN GELU unfused: {why_not}")
-            return seq(h)
-
         _, h = add_norm(x, None, None, True, shift=ee[0], scale=ee[1], eps=n1[2])
         y = block.self_attn(h, freqs, transformer_options=to)
         del h
@@ -149,7 +137,7 @@ def make_fused_block_forward(block: torch.nn.Module):
         del h
         x, h = add_norm(x, y, None, True, shift=ee[3], scale=ee[4], eps=n2[2])
         del y
-        y = run_ffn(h)
+        y = ffn_forward(block.ffn, h, backend, fallbacks)
         del h
         x, _ = add_norm(x, y, ee[5], False)
         for bad in fallbacks:
@@ -161,6 +149,20 @@ def make_fused_block_forward(block: torch.nn.Module):
 
     fused_block_forward._sparseflow = True
     return fused_block_forward
+
+
+def ffn_forward(seq: torch.nn.Module, h: torch.Tensor, backend: str, fallbacks: list[str]) -> torch.Tensor:
+    """Wan's FFN (Linear -> GELU(tanh) -> Linear) on h, the first two as one GEMM with a GELU epilogue where
+    `sparseflow.ffn` allows it (triton backend); otherwise the module itself, with the reason added to
+    `fallbacks`. Module level, so bench/e2e/timing.py can time it as the FFN."""
+    why_not = None if isinstance(seq, torch.nn.Sequential) and len(seq) == 3 else "the FFN is not Linear, GELU, Linear"
+    if why_not is None and backend == "triton":
+        why_not = ffn.linear_gelu_reason(seq[0], seq[1], h)
+        if why_not is None:
+            return seq[2](ffn.linear_gelu(h, seq[0].weight, seq[0].bias))
+    if why_not is not None:
+        fallbacks.append(f"FFN GELU unfused: {why_not}")
+    return seq(h)
 
 
 def fused_block_patches(dm: torch.nn.Module) -> tuple[dict[str, object], str | None]:

@@ -6,7 +6,8 @@ counts from just before sampling, so it holds model loading, compilation and aut
 
 `Breakdown` puts an event pair around module forwards of `WanModel` (`comfy/ldm/wan/model.py`):
 the whole forward, each block's `self_attn` (projections, QK RMSNorm, RoPE, attention, output
-projection), the `q/k/v/o` Linear layers of self- and cross-attention, `cross_attn` and `ffn`, plus the
+projection), the `q/k/v/o` Linear layers of self- and cross-attention, `cross_attn` and `ffn` (and
+SparseFlow's fused-block `ffn_forward`, which runs the FFN without always calling the `ffn` module), plus the
 attention call itself (the module-level `optimized_attention` name that WanSelfAttention and
 WanT2VCrossAttention call, wrapped here for the bench only and restored on exit; self vs cross by
 `q.shape[1] == k.shape[1]`). Derived: QK-norm + RoPE = self_attn - its projections - self-attention;
@@ -77,11 +78,13 @@ class Breakdown:
 
     PARTS = ("self_attention", "qk_norm_rope", "projections", "cross_attention", "cross_other", "ffn", "rest")
 
-    def __init__(self, diffusion_model: torch.nn.Module, wan_module, cuda: bool) -> None:
+    def __init__(self, diffusion_model: torch.nn.Module, wan_module, cuda: bool, fused_block_module=None) -> None:
         self.model, self.wan, self.cuda = diffusion_model, wan_module, cuda
+        self.fused = fused_block_module  # SparseFlow's nodes.fused_block: its ffn_forward is timed as the FFN too
         self.calls: list[dict[str, list[_Pair]]] = []
         self._handles: list = []
         self._orig_attention = None
+        self._orig_ffn = None
 
     # -- hooks -------------------------------------------------------------------------------------------
     def _open(self, name: str) -> None:
@@ -121,6 +124,19 @@ class Breakdown:
                 self._close(name)
 
         self.wan.optimized_attention = timed_attention
+        if self.fused is not None:  # the fused block forward calls ffn_forward, not always the ffn module
+            orig_ffn = self._orig_ffn = self.fused.ffn_forward
+
+            def timed_ffn(*args, **kwargs):
+                if not self.calls:
+                    return orig_ffn(*args, **kwargs)
+                self._open("ffn_fused")
+                try:
+                    return orig_ffn(*args, **kwargs)
+                finally:
+                    self._close("ffn_fused")
+
+            self.fused.ffn_forward = timed_ffn
         return self
 
     def __exit__(self, *exc) -> None:
@@ -128,6 +144,8 @@ class Breakdown:
             h.remove()
         self._handles.clear()
         self.wan.optimized_attention = self._orig_attention
+        if self.fused is not None:
+            self.fused.ffn_forward = self._orig_ffn
 
     # -- results -------------------------------------------------------------------------------------------
     def per_call(self) -> list[dict[str, float]]:
@@ -145,7 +163,8 @@ class Breakdown:
                 "projections": g("self_proj") + g("cross_proj"),
                 "cross_attention": g("cross_attention"),
                 "cross_other": g("cross_total") - g("cross_proj") - g("cross_attention"),
-                "ffn": g("ffn"),
-                "rest": g("forward") - g("self_total") - g("cross_total") - g("ffn"),
+                # ffn_forward (fused blocks) wraps the module call when it falls back: count the outer one
+                "ffn": max(g("ffn"), g("ffn_fused")),
+                "rest": g("forward") - g("self_total") - g("cross_total") - max(g("ffn"), g("ffn_fused")),
             })
         return out
