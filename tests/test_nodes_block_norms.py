@@ -156,3 +156,41 @@ def test_a_comfyui_block_sparseflow_does_not_know_is_left_alone(pack, tiny_model
     assert _sparseflow_keys(patched) == [ATTN_KEY.format(i) for i in range(2)]  # the prologue is still fused
     assert "is not one SparseFlow's fused block norms mirror" in caplog.text
     assert "block adds + norms stay ComfyUI's own" in caplog.text
+
+
+def test_bench_breakdown_times_the_fused_ffn_as_the_ffn(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
+    """bench/e2e/timing.py: with the GELU epilogue the `ffn` module's forward never runs; its time must still be
+    the FFN's, not "rest" (the GPU path stood in for on the CPU by the same function in PyTorch)."""
+    import comfy.ldm.wan.model as wan_model
+    import torch.nn.functional as F
+
+    from bench.e2e.timing import Breakdown
+    from sparseflow import ffn, residual_norm
+
+    mod = _block_module()
+    monkeypatch.setattr(mod, "_backend", lambda state, x: ("triton", None))
+    monkeypatch.setattr(residual_norm, "_triton_fn", lambda: _reference_positional)
+    monkeypatch.setattr(ffn, "linear_gelu_reason", lambda linear, act, x: None)
+    used = []
+
+    def gelu_in_torch(x, weight, bias):
+        used.append(x.shape)
+        return F.gelu(F.linear(x, weight, bias), approximate="tanh")
+
+    monkeypatch.setattr(ffn, "linear_gelu", gelu_in_torch)
+    patched = _patch(pack, tiny_models[tw.WAN21_T2V])
+    dm = patched.get_model_object("diffusion_model")
+    module_calls = []
+    handles = [b.ffn.register_forward_hook(lambda m, a, o: module_calls.append(1)) for b in dm.blocks]
+    try:
+        with Breakdown(dm, wan_model, cuda=False, fused_block_module=mod) as bd:
+            _sample(comfy, patched)
+    finally:
+        for h in handles:
+            h.remove()
+    assert used and not module_calls  # the fused path ran and never called the ffn module
+    calls = bd.per_call()
+    assert len(calls) == STEPS
+    for c in calls:
+        assert c["ffn"] > 0 and c["rest"] >= 0, c
+    assert mod.ffn_forward.__name__ == "ffn_forward"  # restored on exit
