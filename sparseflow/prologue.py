@@ -17,12 +17,13 @@ import logging
 
 import torch
 
-__all__ = ["PROLOGUE_BACKENDS", "layout_reason", "norm_rope_qk", "norm_rope_reference", "prologue_reason",
-           "run_norm_rope", "triton_reason"]
+__all__ = ["MAX_ELEMENTS", "PROLOGUE_BACKENDS", "layout_reason", "norm_rope_qk", "norm_rope_reference",
+           "prologue_reason", "run_norm_rope", "triton_reason"]
 
 log = logging.getLogger("sparseflow.prologue")
 
 PROLOGUE_BACKENDS = ("triton", "reference")
+MAX_ELEMENTS = 2**31  # the kernel's row offsets are 32-bit: B * L * C must stay below this
 _triton_import: dict = {}
 
 
@@ -49,6 +50,8 @@ def layout_reason(shape: tuple[int, int, int], device: torch.device, weight: obj
     b, length, c = shape
     if head_dim % 2 or c % head_dim:
         return f"head_dim {head_dim} does not divide the model dim {c} into even heads"
+    if b * length * c >= MAX_ELEMENTS:
+        return f"q/k have {b * length * c} elements, over the kernel's 32-bit offsets ({MAX_ELEMENTS})"
     if not isinstance(weight, torch.Tensor) or weight.shape != (c,) or weight.device != device:
         return "norm weight missing, of another shape or on another device"
     if weight.stride() != (1,):

@@ -22,10 +22,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ADD_NORM_BACKENDS", "add_norm", "add_norm_reason", "add_norm_reference", "rows_reason",
+__all__ = ["ADD_NORM_BACKENDS", "MAX_ELEMENTS", "add_norm", "add_norm_reason", "add_norm_reference", "rows_reason",
            "run_add_norm", "triton_reason"]
 
 ADD_NORM_BACKENDS = ("triton", "reference")
+MAX_ELEMENTS = 2**31  # the kernel's row offsets are 32-bit: b * L * C must stay below this
 _triton_import: dict = {}
 
 
@@ -63,6 +64,8 @@ def add_norm_reason(x: object, y: object = None, gate: object = None, *, norm: b
     """None when the fused add + norm takes these inputs, else why not (the caller keeps ComfyUI's own ops)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         return "the residual stream is not (B, L, C)"
+    if x.numel() >= MAX_ELEMENTS:
+        return f"the residual stream has {x.numel()} elements, over the kernel's 32-bit offsets ({MAX_ELEMENTS})"
     if y is not None:
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             return f"the module output {tuple(getattr(y, 'shape', ()))} is not the stream's {tuple(x.shape)}"

@@ -173,3 +173,17 @@ def test_ffn_gelu_epilogue_matches_comfyuis_linear_then_gelu_on_gpu():
     assert out.shape == ref.shape and out.dtype == ref.dtype
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     assert err < 1e-3, err
+
+
+def test_streams_over_32_bit_offsets_are_refused_with_the_reason():
+    # a 14B 720p x 121f stream with a batch of 4 has 4 * 111600 * 5120 > 2**31 elements: the kernels' row
+    # offsets are 32-bit, so those calls keep ComfyUI's own ops (a meta tensor: no memory is allocated)
+    from sparseflow import prologue
+
+    x = torch.empty(4, 111600, 5120, device="meta", dtype=torch.float16)
+    assert "32-bit offsets" in add_norm_reason(x, shift=x[:, :1], scale=x[:, :1])
+    assert add_norm_reason(x[:2], shift=x[:2, :1], scale=x[:2, :1]) is None
+    w = torch.ones(5120, device="meta")
+    f = torch.empty(1, 111600, 1, 64, 2, 2, device="meta")
+    assert "32-bit offsets" in prologue.layout_reason((4, 111600, 5120), torch.device("meta"), w, f, 128)
+    assert prologue.layout_reason((2, 111600, 5120), torch.device("meta"), w, f, 128) is None
