@@ -18,14 +18,13 @@ from sparseflow.routing import (
     MAX_DIM,
     ROUTING_PRESETS,
     RoutingMap,
-    load_routing,
     parse_overrides,
     routing_preset,
     routing_to_json,
-    save_routing,
     summary,
     with_overrides,
 )
+from sparseflow.routing_file import load_routing, save_routing
 
 from .types import RoutingType, schema
 

@@ -41,7 +41,8 @@ def _timed(fn, device: torch.device, repeat: int) -> tuple[torch.Tensor, float]:
 
 def _demo(args: argparse.Namespace) -> int:
     from .ops import attention, available_backends
-    from .routing import RoutingMap, save_routing
+    from .routing import RoutingMap
+    from .routing_file import save_routing
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     size = args.size if args.size != "auto" else ("wan13b" if device.type == "cuda" else "small")
@@ -112,7 +113,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .routing import RoutingFileError, load_routing, summary
+    from .routing import summary
+    from .routing_file import RoutingFileError, load_routing
 
     try:
         rmap = load_routing(args.file)

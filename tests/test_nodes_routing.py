@@ -10,7 +10,8 @@ from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
 from test_nodes_common import pack, tiny_models  # noqa: F401
 
 from sparseflow.plan import DENSE, LINEAR, SPARSE
-from sparseflow.routing import load_routing, routing_preset
+from sparseflow.routing import routing_preset
+from sparseflow.routing_file import load_routing
 from sparseflow.schedule import describe, schedule_preset
 
 pytestmark = requires_comfy

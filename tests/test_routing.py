@@ -14,16 +14,14 @@ from sparseflow.routing import (
     LINEAR,
     ROUTING_PRESETS,
     SPARSE,
-    RoutingFileError,
     RoutingMap,
-    load_routing,
     parse_overrides,
     routing_preset,
     routing_to_json,
-    save_routing,
     summary,
     with_overrides,
 )
+from sparseflow.routing_file import RoutingFileError, load_routing, save_routing
 
 LAYERS, HEADS = 6, 8
 
