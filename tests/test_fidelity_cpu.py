@@ -158,3 +158,18 @@ def test_checkpoint_has_wan_keys_and_loads_in_comfyui(tmp_path):
     assert cfg2 == cfg
     a = model.state_dict()["blocks.0.self_attn.q.weight"].to(torch.bfloat16).float()
     assert torch.equal(back.state_dict()["blocks.0.self_attn.q.weight"], a)
+
+
+@needs_comfy
+def test_the_benchs_extra_schedules_are_the_schedule_nodes_custom_sliders():
+    """docs/fidelity.md's quality_w2 / quality_dense70 rows are reachable in ComfyUI: SparseFlow Schedule, preset
+    custom, early_window / late_window / dense_from."""
+    from test_nodes_common import load_pack
+
+    from bench.fidelity.evaluate import EXTRA_SCHEDULES
+
+    build = load_pack().schedule.build_schedule
+    w2 = build("custom", early_window=2, late_window=2, dense_from=0.85)
+    d70 = build("custom", early_window=1, late_window=2, dense_from=0.7)
+    assert w2.keyframes == EXTRA_SCHEDULES["quality_w2"].keyframes
+    assert d70.keyframes == EXTRA_SCHEDULES["quality_dense70"].keyframes
