@@ -52,6 +52,28 @@ def tiny_models(comfy, tmp_path_factory) -> dict:  # noqa: F811
     return {v: tw.load_tiny_wan(comfy, v, directory) for v in tw.VARIANTS}
 
 
+def sample_big(comfy, model, variant=tw.WAN21_T2V, batch=1, steps=2):  # noqa: F811
+    """Sample a tiny Wan at the BIG latent (4 frames of 16x16) with CFG 3, seed 0; returns the latent."""
+    latent = tw.empty_latent(variant, *BIG, batch=batch)
+    positive, negative = tw.make_conditioning(comfy, variant, latent, seed=0)
+    return tw.sample_tiny(comfy, model, latent, positive, negative, steps=steps, cfg=3.0, seed=0)
+
+
+def patch_small(pack, model, **kw):  # noqa: F811
+    """SparseFlow on a 2x2 tiny Wan with 64-token blocks; routing 'alternating' and the reference backend unless
+    given."""
+    from sparseflow.routing import routing_preset
+
+    kw.setdefault("routing", routing_preset("alternating", 2, 2))
+    kw.setdefault("backend", "reference")
+    return pack.patch.apply_sparseflow(model, block=64, **kw)
+
+
+def last_run(pack, model):  # noqa: F811
+    """The telemetry of the patched model's last sampling run."""
+    return model.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY].last
+
+
 def model_snapshot(model) -> dict:
     """What patching could change on a ModelPatcher: options (by repr/identity), wrappers, callbacks, patches."""
     def flat(obj, prefix=""):

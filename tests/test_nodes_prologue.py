@@ -15,9 +15,7 @@ import torch
 if not torch.cuda.is_available():  # before ComfyUI (which imports triton) is imported by the fixtures
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
-from test_nodes_common import BIG, PACKAGE, pack, tiny_models  # noqa: F401
-
-from sparseflow.routing import routing_preset
+from test_nodes_common import PACKAGE, last_run, pack, patch_small, sample_big, tiny_models  # noqa: F401
 
 pytestmark = requires_comfy
 
@@ -32,19 +30,10 @@ def _prologue_module():
 
 
 def _sample(comfy, model, variant=tw.WAN21_T2V, batch=1):  # noqa: F811
-    latent = tw.empty_latent(variant, *BIG, batch=batch)
-    positive, negative = tw.make_conditioning(comfy, variant, latent, seed=0)
-    return tw.sample_tiny(comfy, model, latent, positive, negative, steps=STEPS, cfg=3.0, seed=0)
+    return sample_big(comfy, model, variant, batch, steps=STEPS)
 
 
-def _patch(pack, model, **kw):  # noqa: F811
-    kw.setdefault("routing", routing_preset("alternating", 2, 2))
-    kw.setdefault("backend", "reference")
-    return pack.patch.apply_sparseflow(model, block=64, **kw)
-
-
-def _last(pack, model):  # noqa: F811
-    return model.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY].last
+_patch, _last = patch_small, last_run
 
 
 def test_installed_comfyui_forward_is_one_the_prologue_mirrors_and_every_block_gets_it(pack, tiny_models):  # noqa: F811
