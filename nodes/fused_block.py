@@ -27,7 +27,7 @@ import torch
 
 from sparseflow import ffn, residual_norm
 
-from .prologue import forward_fingerprint
+from .prologue import forward_fingerprint, norm_params
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
 __all__ = ["KNOWN_BLOCK_FORWARDS", "ffn_forward", "fused_block_patches", "make_fused_block_forward"]
@@ -42,22 +42,19 @@ KNOWN_BLOCK_FORWARDS = {
 FUSED = "fused"
 
 
-def _layer_norm(norm: torch.nn.Module, x: torch.Tensor, c: int) -> tuple[tuple | None, str | None]:
-    """((weight, bias, eps), None) of a LayerNorm over the last dim (weight/bias None when not affine), or
+def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> tuple[tuple | None, str | None]:
+    """((weight, bias, eps), None) of a LayerNorm over x's last dim (weight/bias None when not affine), or
     (None, why the kernel cannot stand in for it)."""
-    if not isinstance(norm, torch.nn.LayerNorm) or tuple(norm.normalized_shape) != (c,):
+    if not isinstance(norm, torch.nn.LayerNorm) or tuple(norm.normalized_shape) != (x.shape[-1],):
         return None, f"{type(norm).__name__} is not a LayerNorm over the model dim"
-    if getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
-        return None, "a block norm has patch functions (LoRA on the norm)"
-    w, b = norm.weight, norm.bias
+    params, why = norm_params(norm, x, "block norm weight")
+    if why:
+        return None, why
+    w, b = params
     if w is None and b is None:
         return (None, None, float(norm.eps)), None
     if w is None or b is None:
         return None, "a block norm has a weight but no bias (or the reverse)"
-    if w.device != x.device:
-        if not getattr(norm, "comfy_cast_weights", False):
-            return None, f"block norm weight on {w.device}, input on {x.device}"
-        w, b = w.to(device=x.device, non_blocking=True), b.to(device=x.device, non_blocking=True)
     return (w.to(x.dtype).contiguous(), b.to(x.dtype).contiguous(), float(norm.eps)), None
 
 
@@ -80,22 +77,21 @@ def make_fused_block_forward(block: torch.nn.Module):
             return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
                             **kwargs)
         state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
-        c = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() == 3 else -1
         why = backend = n1 = n2 = n3 = None
         if kwargs:
             why = f"unexpected arguments {sorted(kwargs)}"
         elif not isinstance(state, SparseFlowState):
             why = "no SparseFlow state in transformer_options"
-        elif c < 0:
-            why = "the residual stream is not (B, L, C)"
+        else:
+            why = residual_norm.stream_reason(x)
         if why is None:
             backend, why = _backend(state, x)
         if why is None:
-            n1, why = _layer_norm(block.norm1, x, c)
+            n1, why = _layer_norm(block.norm1, x)
         if why is None:
-            n2, why = _layer_norm(block.norm2, x, c)
+            n2, why = _layer_norm(block.norm2, x)
         if why is None and not isinstance(block.norm3, torch.nn.Identity):
-            n3, why = _layer_norm(block.norm3, x, c)
+            n3, why = _layer_norm(block.norm3, x)
         if why is None and (n1[0] is not None or n2[0] is not None):
             why = "norm1 / norm2 have an affine weight (Wan's have none)"
         if why is None:
@@ -110,16 +106,14 @@ def make_fused_block_forward(block: torch.nn.Module):
             return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
                             **kwargs)
 
-        fallbacks = []
+        fallbacks = []  # telemetry kinds of the parts that ran ComfyUI's ops in this call
 
         def add_norm(s, y, gate, norm, weight=None, bias=None, shift=None, scale=None, eps=1e-6):
+            # the stream, rows and norm weights are checked above; only the module outputs are new here
             use = backend
-            if use == "triton":  # a module output the kernel does not take: ComfyUI's ops for this one add
-                bad = residual_norm.add_norm_reason(s, y, gate, norm=norm, weight=weight, bias=bias, shift=shift,
-                                                    scale=scale)
-                if bad is not None:
-                    fallbacks.append(bad)
-                    use = "reference"
+            if use == "triton" and y is not None and (bad := residual_norm.output_reason(s, y)) is not None:
+                fallbacks.append(f"one add: {bad}")  # ComfyUI's ops for this one add
+                use = "reference"
             return residual_norm.run_add_norm(s, y, gate, norm, weight, bias, shift, scale, eps, use)
 
         # each module's input and output are dropped as soon as they are used, as ComfyUI's forward drops its
@@ -140,10 +134,9 @@ def make_fused_block_forward(block: torch.nn.Module):
         y = ffn_forward(block.ffn, h, backend, fallbacks)
         del h
         x, _ = add_norm(x, y, ee[5], False)
-        for bad in fallbacks:
-            kind = bad if bad.startswith("FFN GELU") else f"one add: {bad}"
+        for kind in fallbacks:
             state.telemetry.note_block_norms(kind)
-            log_once(("block_norms", bad), "SparseFlow: part of a block ran ComfyUI's ops: %s", kind)
+            log_once(("block_norms", kind), "SparseFlow: part of a block ran ComfyUI's ops: %s", kind)
         state.telemetry.note_block_norms(FUSED)
         return x
 

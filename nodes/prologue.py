@@ -30,7 +30,8 @@ from sparseflow import prologue
 
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
-__all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward"]
+__all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward",
+           "norm_params"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -61,18 +62,28 @@ def forward_fingerprint(cls: type) -> str:
     return _fingerprints[cls]
 
 
+def norm_params(norm: torch.nn.Module, x: torch.Tensor, what: str) -> tuple[tuple | None, str | None]:
+    """((weight, bias), None): a norm module's parameters on x's device (None where it has none), as ComfyUI's
+    `cast_bias_weight` gives them when the module has no patch functions; or (None, why a fused kernel cannot
+    use them)."""
+    if getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
+        return None, f"{what} has patch functions (LoRA on the norm)"
+    params = (getattr(norm, "weight", None), getattr(norm, "bias", None))
+    elsewhere = [t.device for t in params if isinstance(t, torch.Tensor) and t.device != x.device]
+    if elsewhere:
+        if not getattr(norm, "comfy_cast_weights", False):
+            return None, f"{what} on {elsewhere[0]}, input on {x.device}"
+        params = tuple(t.to(device=x.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+                       for t in params)
+    return params, None
+
+
 def _norm_weight(norm: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
     """The RMSNorm weight on x's device, or (None, why the prologue cannot use it)."""
-    w = getattr(norm, "weight", None)
-    if not isinstance(w, torch.Tensor):
+    if not isinstance(getattr(norm, "weight", None), torch.Tensor):
         return None, "QK norm has no weight (qk_norm off)"
-    if getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
-        return None, "QK norm weight has patch functions (LoRA on the norm)"
-    if w.device != x.device:
-        if not getattr(norm, "comfy_cast_weights", False):
-            return None, f"QK norm weight on {w.device}, input on {x.device}"
-        w = w.to(device=x.device, non_blocking=True)  # ComfyUI's cast_bias_weight, without functions
-    return w, None
+    params, why = norm_params(norm, x, "QK norm weight")
+    return (None, why) if why else (params[0], None)
 
 
 def _eps(norm: torch.nn.Module, x: torch.Tensor) -> float:

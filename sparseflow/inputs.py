@@ -9,10 +9,23 @@ import torch
 
 from .plan import AttentionPlan
 
-__all__ = ["HEAD_DIMS", "check_qkv", "to_bhld", "from_bhld"]
+__all__ = ["HEAD_DIMS", "check_qkv", "to_bhld", "from_bhld", "triton_input_reason"]
 
 HEAD_DIMS = (64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def triton_input_reason(x: torch.Tensor | None = None) -> str | None:
+    """None when a CUDA device is here and x (when given) is a CUDA float16/bfloat16 tensor, what the fused
+    prologue and block kernels take; else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if x is not None:
+        if x.device.type != "cuda":
+            return f"input on {x.device}"
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            return f"dtype {x.dtype} (the kernel takes float16/bfloat16)"
+    return None
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,

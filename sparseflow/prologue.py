@@ -17,6 +17,8 @@ import logging
 
 import torch
 
+from sparseflow.inputs import triton_input_reason
+
 __all__ = ["MAX_ELEMENTS", "PROLOGUE_BACKENDS", "layout_reason", "norm_rope_qk", "norm_rope_reference",
            "prologue_reason", "run_norm_rope", "triton_reason"]
 
@@ -94,14 +96,7 @@ def triton_reason(x: torch.Tensor | None = None) -> str | None:
     kernel (on any machine), so a caller can do that once outside torch.compile's trace."""
     if _triton_fn() is None:
         return f"cannot import kernels.norm_rope ({_triton_import['error']})"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if x is not None:
-        if x.device.type != "cuda":
-            return f"input on {x.device}"
-        if x.dtype not in (torch.float16, torch.bfloat16):
-            return f"dtype {x.dtype} (the kernel takes float16/bfloat16)"
-    return None
+    return triton_input_reason(x)
 
 
 @torch.library.custom_op("sparseflow::norm_rope_qk", mutates_args=())

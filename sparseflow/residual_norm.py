@@ -22,8 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ADD_NORM_BACKENDS", "MAX_ELEMENTS", "add_norm", "add_norm_reason", "add_norm_reference", "rows_reason",
-           "run_add_norm", "triton_reason"]
+from sparseflow.inputs import triton_input_reason
+
+__all__ = ["ADD_NORM_BACKENDS", "MAX_ELEMENTS", "add_norm", "add_norm_reason", "add_norm_reference", "output_reason",
+           "rows_reason", "run_add_norm", "stream_reason", "triton_reason"]
 
 ADD_NORM_BACKENDS = ("triton", "reference")
 MAX_ELEMENTS = 2**31  # the kernel's row offsets are 32-bit: b * L * C must stay below this
@@ -58,19 +60,33 @@ def rows_reason(name: str, t: object, x: torch.Tensor) -> str | None:
     return None
 
 
-def add_norm_reason(x: object, y: object = None, gate: object = None, *, norm: bool = True,
-                    weight: object = None, bias: object = None, shift: object = None,
-                    scale: object = None) -> str | None:
-    """None when the fused add + norm takes these inputs, else why not (the caller keeps ComfyUI's own ops)."""
+def stream_reason(x: object) -> str | None:
+    """None when `x` is a residual stream the kernel takes (any strides), else why not."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         return "the residual stream is not (B, L, C)"
     if x.numel() >= MAX_ELEMENTS:
         return f"the residual stream has {x.numel()} elements, over the kernel's 32-bit offsets ({MAX_ELEMENTS})"
+    return None
+
+
+def output_reason(x: torch.Tensor, y: object) -> str | None:
+    """None when `y` is a module output the kernel adds to the (B, L, C) stream x, else why not."""
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        return f"the module output {tuple(getattr(y, 'shape', ()))} is not the stream's {tuple(x.shape)}"
+    if y.stride(-1) != 1 or y.dtype != x.dtype or y.device != x.device:
+        return "the module output is not a contiguous-row tensor of the stream's dtype and device"
+    return None
+
+
+def add_norm_reason(x: object, y: object = None, gate: object = None, *, norm: bool = True,
+                    weight: object = None, bias: object = None, shift: object = None,
+                    scale: object = None) -> str | None:
+    """None when the fused add + norm takes these inputs, else why not (the caller keeps ComfyUI's own ops)."""
+    if why := stream_reason(x):
+        return why
     if y is not None:
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-            return f"the module output {tuple(getattr(y, 'shape', ()))} is not the stream's {tuple(x.shape)}"
-        if y.stride(-1) != 1 or y.dtype != x.dtype or y.device != x.device:
-            return "the module output is not a contiguous-row tensor of the stream's dtype and device"
+        if why := output_reason(x, y):
+            return why
     elif gate is not None:
         return "a gate without a module output"
     if gate is not None and (why := rows_reason("gate", gate, x)):
@@ -110,14 +126,7 @@ def triton_reason(x: torch.Tensor | None = None) -> str | None:
     (on any machine), so a caller can do that once outside torch.compile's trace."""
     if _triton_fn() is None:
         return f"cannot import kernels.residual_norm ({_triton_import['error']})"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if x is not None:
-        if x.device.type != "cuda":
-            return f"input on {x.device}"
-        if x.dtype not in (torch.float16, torch.bfloat16):
-            return f"dtype {x.dtype} (the kernel takes float16/bfloat16)"
-    return None
+    return triton_input_reason(x)
 
 
 def add_norm(x: torch.Tensor, y: torch.Tensor | None = None, gate: torch.Tensor | None = None, *, norm: bool = True,

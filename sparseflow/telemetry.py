@@ -103,10 +103,8 @@ class RunTelemetry:
                 f"est. attention FLOPs saved {100 * self.flops_saved():.0f}%, backend {'+'.join(self.backends())}")
         if self.passthrough:
             text += "; passed to ComfyUI attention: " + ", ".join(f"{k} x{v}" for k, v in self.passthrough.items())
-        if self.prologue:
-            text += "; QK-norm + RoPE: " + ", ".join(
-                ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in self.prologue.items())
-        if self.block_norms:
-            text += "; block adds + norms: " + ", ".join(
-                ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in self.block_norms.items())
+        for label, counts in (("QK-norm + RoPE", self.prologue), ("block adds + norms", self.block_norms)):
+            if counts:
+                text += f"; {label}: " + ", ".join(
+                    ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in counts.items())
         return text
