@@ -18,7 +18,8 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
   <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
 
-Per configuration: seconds per step (mean of steps 1.., step 0 holds warm-up/compile/autotune), total,
+Per configuration: seconds per step (mean of steps 1.., step 0 holds warm-up/compile/autotune; with
+--warmup-steps N an untimed N-step sampling runs first and s/step is the mean of all steps), total,
 speed-up vs default, peak GPU memory, first-step overhead, calibration time, relative error of the final
 latent vs the default run, and (eager runs) the step-time breakdown of bench/e2e/timing.py. Results go
 to <out>/e2e_<model><tag>.json (after every configuration) and a markdown table to stdout.
@@ -207,6 +208,16 @@ class Bench:
             if not row["compile"] and ("all" in a.breakdown or name.split("+")[0] in a.breakdown):
                 breakdown = Breakdown(m.get_model_object("diffusion_model"), self.comfy.wan_model, self.cuda,
                                       fused_block_module=self.sf_fused_block)
+            if a.warmup_steps:
+                # an untimed sampling first (compile, autotune, first-call plans): then every timed step counts,
+                # so a configuration's dense steps are timed wherever its schedule puts them (sol_attn's first
+                # 20 %, the `quality` preset's last 15 %)
+                _sync(self.cuda)
+                tw = time.perf_counter()
+                self.comfy.sample.sample(m, noise, a.warmup_steps, a.cfg, a.sampler, a.scheduler, self.positive,
+                                         self.negative, self.latent, disable_pbar=True, seed=a.seed)
+                _sync(self.cuda)
+                row["warmup_s"] = time.perf_counter() - tw
             _sync(self.cuda)
             t0 = time.perf_counter()
             timer.start()
@@ -222,11 +233,15 @@ class Bench:
             _sync(self.cuda)
             total = time.perf_counter() - t0
             steps = timer.step_seconds()
-            timed = steps[1:] if len(steps) > 1 else steps
+            # after a warm-up every step is timed; without one step 0 holds compile/autotune and is left out
+            timed = steps if a.warmup_steps or len(steps) == 1 else steps[1:]
+            overhead = (row["warmup_s"] - a.warmup_steps * statistics.mean(timed) if a.warmup_steps
+                        else steps[0] - statistics.mean(timed))
             # steady: the later half of the timed steps (a compiled model can recompile at the first window change)
             row.update(status="ok", steps=steps, s_per_step=statistics.mean(timed),
+                       timed_steps="all" if timed is steps else "1..",
                        steady_s_per_step=statistics.mean(timed[len(timed) // 2:]), total_s=total,
-                       first_step_overhead_s=steps[0] - statistics.mean(timed),
+                       first_step_overhead_s=overhead,
                        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None,
                        finite=bool(torch.isfinite(out).all()))
             out = out.float()
@@ -257,7 +272,7 @@ class Bench:
                                  "break_reasons": sorted(counters["graph_break"])[:8]}
             if breakdown is not None:
                 calls = breakdown.per_call()
-                use = calls[1:] if len(calls) > 1 else calls
+                use = calls if a.warmup_steps or len(calls) == 1 else calls[1:]
                 row["breakdown_s"] = {k: statistics.mean(c[k] for c in use) for k in use[0]} if use else {}
                 row["breakdown_calls"] = len(calls)
             del m
@@ -305,6 +320,10 @@ def table(info: dict, rows: list[dict]) -> str:
     lines = [f"### {info['model']} ({info['class']}, {info['video']}, latent {tuple(info['latent'])}, "
              f"{info['tokens']} tokens, {info['layers']} layers x {info['heads']} heads)",
              "",
+             "s/step: " + ("mean of all steps, after an untimed warm-up sampling"
+                           if any(r.get("timed_steps") == "all" for r in rows) else
+                           "mean of steps 1.. (step 0 holds compile/autotune)"),
+             "",
              "| configuration | s/step | steady s/step | total s | speed-up | peak GiB | peak vs default "
              "| first-step overhead s | calibration s | rel. err vs default |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -334,7 +353,8 @@ def table(info: dict, rows: list[dict]) -> str:
     bd = [r for r in rows if r.get("breakdown_s")]
     if bd:
         parts = Breakdown.PARTS
-        lines += ["", "Step-time breakdown (ms per model call = per step, CFG batch of 2; mean of steps 1..):", "",
+        lines += ["", "Step-time breakdown (ms per model call = per step, CFG batch of 2; mean of the timed steps):",
+                  "",
                   "| configuration | forward | " + " | ".join(parts) + " |",
                   "|---|---|" + "---|" * len(parts)]
         for r in bd:
@@ -368,6 +388,9 @@ def main() -> None:
                         "give every compared configuration the same hooks so their s/step stay comparable)")
     p.add_argument("--profile", default="", help="comma list of configurations to profile (one model call each, "
                    "torch.profiler, after all timed runs): top CUDA kernels to <out>/profile_<model>_<config>.txt")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="an untimed sampling of this many steps per configuration first; then s/step is the mean "
+                        "of all steps (without: of steps 1..). 2 reaches both ends of a schedule")
     p.add_argument("--tag", default="", help="suffix of the output file names (several runs of one model)")
     p.add_argument("--out", default=os.environ.get("OUT", str(boot.REPO / "bench" / "e2e_out")))
     a = p.parse_args()
@@ -385,7 +408,8 @@ def main() -> None:
            "torch": torch.__version__, "python": platform.python_version(), "comfyui": bench.comfy.version,
            "commit": os.environ.get("SPARSEFLOW_COMMIT") or _git_commit(),
            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-           "steps": a.steps, "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed,
+           "steps": a.steps, "warmup_steps": a.warmup_steps, "cfg": a.cfg, "sampler": a.sampler,
+           "scheduler": a.scheduler, "seed": a.seed,
            "budget": a.budget, "backend": bench.backend}
     try:
         import triton

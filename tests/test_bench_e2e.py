@@ -1,0 +1,56 @@
+"""bench/e2e_comfy.py on the CPU with a tiny checkpoint (the GPU bench's own code path, reference backend):
+which steps s/step averages, with and without an untimed warm-up sampling (skipped loudly without ComfyUI)."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from comfy_env import REQUIRE_ENV, comfy_path, missing_reason  # noqa: I001 - tests/ is on sys.path
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(comfy_path() is None and os.environ.get(REQUIRE_ENV) != "1",
+                                reason=missing_reason())
+
+
+def _run(tmp_path: Path, *args: str) -> dict:
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), SPARSEFLOW_COMMIT="test")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "e2e_comfy.py"), "--tiny", "--out", str(tmp_path),
+                           "--configs", "default,sparseflow_quality", "--steps", "3", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "e2e_tiny.json").read_text())
+    data["stdout"] = proc.stdout
+    return data
+
+
+def test_without_warmup_step_0_is_left_out_of_s_per_step(tmp_path):
+    data = _run(tmp_path)
+    assert data["env"]["warmup_steps"] == 0
+    for row in data["rows"]:
+        assert row["status"] == "ok", row
+        assert len(row["steps"]) == 3 and row["timed_steps"] == "1.."
+        assert row["s_per_step"] == pytest.approx(statistics.mean(row["steps"][1:]))
+        assert "warmup_s" not in row
+    assert "mean of steps 1.." in data["stdout"]
+
+
+def test_with_warmup_every_step_is_timed(tmp_path):
+    """A schedule's dense steps count wherever they fall (sol_attn's first 20 %, `quality`'s last 15 %)."""
+    data = _run(tmp_path, "--warmup-steps", "2")
+    assert data["env"]["warmup_steps"] == 2
+    rows = {r["config"]: r for r in data["rows"]}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert len(row["steps"]) == 3 and row["timed_steps"] == "all"
+        assert row["s_per_step"] == pytest.approx(statistics.mean(row["steps"]))
+        assert row["warmup_s"] > 0
+        assert row["first_step_overhead_s"] == pytest.approx(row["warmup_s"] - 2 * row["s_per_step"])
+        assert row["breakdown_calls"] == 3  # the warm-up's model calls are not in the breakdown
+    # the warm-up leaves the sampled latent alone: same seed, same result as the default run's own
+    assert rows["default"]["rel_err"] == 0 and rows["sparseflow_quality"]["rel_err"] > 0
+    assert "mean of all steps, after an untimed warm-up sampling" in data["stdout"]
