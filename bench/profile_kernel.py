@@ -4,7 +4,7 @@ Warms each case up first (compile, tables, pre-pass), then brackets exactly one 
 cudaProfilerStart/Stop, so `ncu --profile-from-start off` measures that launch and nothing else:
 
     ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy ... \\
-        python3 bench/profile_kernel.py --cases w0_13b,dense_13b,w0_14b
+        python3 bench/profile_kernel.py --cases w0_13b,dense_13b,w0_14b   # or random10_13b,random10_14b
 
 (`bash bench/run_gpu.sh profile` runs that with the sections docs/performance.md reports.) The kernel runs at
 the config the autotuner picks on these shapes (BLOCK_M 128, BLOCK_N 128, 8 warps, 3 stages) so no autotune
@@ -23,15 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.fused import fused_attention  # noqa: E402
 from sparseflow.geometry import Geometry  # noqa: E402
-from sparseflow.plan import DENSE, SPARSE, uniform_plan  # noqa: E402
+from sparseflow.plan import DENSE, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 
 CONFIG = (128, 128, 8, 3)
-CASES = {  # name: (batch, heads, geometry, route, window)
-    "w0_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 0),
-    "w1_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 1),
-    "dense_13b": (1, 12, Geometry(21, 30, 52), DENSE, 0),
-    "w0_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0),
+CASES = {  # name: (batch, heads, geometry, route, window, density of a random LUT-only mask or None)
+    "w0_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 0, None),
+    "w1_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 1, None),
+    "dense_13b": (1, 12, Geometry(21, 30, 52), DENSE, 0, None),
+    "w0_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0, None),
+    # the kernel bench's random block masks (LUT-only mode: exactly the listed key blocks, no window or anchors)
+    "random10_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 0, 0.1),
+    "random10_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0, 0.1),
 }
+
+
+def random_lut(batch: int, heads: int, n: int, density: float) -> torch.Tensor:
+    """Ascending key-block lists, round(density * n) random blocks per query block (the sweep's random masks)."""
+    pick = torch.rand(batch, heads, n, n, generator=torch.Generator().manual_seed(1)).argsort(-1)
+    return torch.sort(pick[..., :round(density * n)], -1).values.to(torch.int32).cuda()
 
 
 def main() -> None:
@@ -41,19 +50,26 @@ def main() -> None:
     a = p.parse_args()
     cudart = torch.cuda.cudart()
     for name in a.cases.split(","):
-        batch, heads, g, route, window = CASES[name]
-        plan = uniform_plan(g, heads, route=route, window=window, anchors=(0,), block=128)
+        batch, heads, g, route, window, density = CASES[name]
+        lut = None
+        if density is None:
+            plan = uniform_plan(g, heads, route=route, window=window, anchors=(0,), block=128)
+        else:
+            lut = random_lut(batch, heads, -(-g.length // 128), density)
+            plan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=128)
+        kwargs = {"heads": heads, "_config": CONFIG, "lut": lut, "_lut_only": lut is not None}
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(batch, g.length, heads * 128, device="cuda", generator=gen, dtype=torch.bfloat16)
                    for _ in range(3))
         for _ in range(3):
-            fused_attention(q, k, v, plan, heads=heads, _config=CONFIG)
+            fused_attention(q, k, v, plan, **kwargs)
         torch.cuda.synchronize()
         cudart.cudaProfilerStart()
-        fused_attention(q, k, v, plan, heads=heads, _config=CONFIG)
+        fused_attention(q, k, v, plan, **kwargs)
         torch.cuda.synchronize()
         cudart.cudaProfilerStop()
-        print(f"profiled {name}: B={batch} H={heads} L={g.length} route={route} window={window}", flush=True)
+        what = f"random LUT {density:g}" if lut is not None else f"route={route} window={window}"
+        print(f"profiled {name}: B={batch} H={heads} L={g.length} {what}", flush=True)
         del q, k, v
     if a.prologue:
         from bench.bench_prologue import rope_freqs
