@@ -27,7 +27,7 @@ import torch
 
 from sparseflow import ffn, residual_norm
 
-from .prologue import forward_fingerprint, norm_params
+from .prologue import norm_params, unknown_forward_reason
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
 __all__ = ["KNOWN_BLOCK_FORWARDS", "ffn_forward", "fused_block_patches", "make_fused_block_forward"]
@@ -167,10 +167,7 @@ def fused_block_patches(dm: torch.nn.Module) -> tuple[dict[str, object], str | N
         return {}, "the diffusion model has no blocks"
     patches: dict[str, object] = {}
     for i, block in enumerate(blocks):
-        fp = forward_fingerprint(type(block))
-        if fp not in KNOWN_BLOCK_FORWARDS:
-            return {}, (f"{type(block).__module__}.{type(block).__qualname__}.forward of this ComfyUI (fingerprint "
-                        f"{fp}) is not one SparseFlow's fused block norms mirror (known: "
-                        f"{', '.join(KNOWN_BLOCK_FORWARDS.values())})")
+        if why := unknown_forward_reason(type(block), KNOWN_BLOCK_FORWARDS, "fused block norms mirror"):
+            return {}, why
         patches[f"diffusion_model.blocks.{i}.forward"] = make_fused_block_forward(block)
     return patches, None

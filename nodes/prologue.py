@@ -30,8 +30,8 @@ from sparseflow import prologue
 
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
-__all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward",
-           "norm_params"]
+__all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward", "norm_params",
+           "unknown_forward_reason"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -60,6 +60,16 @@ def forward_fingerprint(cls: type) -> str:
         except (OSError, TypeError, SyntaxError, tokenize.TokenError):
             _fingerprints[cls] = "unreadable"
     return _fingerprints[cls]
+
+
+def unknown_forward_reason(cls: type, known: dict[str, str], what: str) -> str | None:
+    """None when `cls.forward` is one of `known` (fingerprint -> description), else the log's reason, which
+    names the class, its fingerprint and the known ones; `what` ends the sentence "is not one SparseFlow's ..."."""
+    fp = forward_fingerprint(cls)
+    if fp in known:
+        return None
+    return (f"{cls.__module__}.{cls.__qualname__}.forward of this ComfyUI (fingerprint {fp}) is not one SparseFlow's "
+            f"{what} (known: {', '.join(known.values())})")
 
 
 def norm_params(norm: torch.nn.Module, x: torch.Tensor, what: str) -> tuple[tuple | None, str | None]:
@@ -154,10 +164,7 @@ def fused_forward_patches(dm: torch.nn.Module) -> tuple[dict[str, object], str |
             attn = getattr(block, "self_attn", None)
             if attn is None:
                 return {}, f"{group}[{i}] has no self_attn"
-            fp = forward_fingerprint(type(attn))
-            if fp not in KNOWN_FORWARDS:
-                return {}, (f"{type(attn).__module__}.{type(attn).__qualname__}.forward of this ComfyUI "
-                            f"(fingerprint {fp}) is not one SparseFlow's fused prologue mirrors (known: "
-                            f"{', '.join(KNOWN_FORWARDS.values())})")
+            if why := unknown_forward_reason(type(attn), KNOWN_FORWARDS, "fused prologue mirrors"):
+                return {}, why
             patches[f"diffusion_model.{group}.{i}.self_attn.forward"] = make_fused_forward(attn)
     return patches, None
