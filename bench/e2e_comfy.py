@@ -31,6 +31,7 @@ CPU:  python3 bench/e2e_comfy.py --tiny           (same code path, tiny checkpoi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -192,6 +193,12 @@ class Bench:
         rmap, _, report = self._calibrated
         return rmap, 0.0, report   # already paid by the eager run
 
+    def _sample(self, m, noise, steps: int, callback=None):
+        """ComfyUI's sampler on model `m` with this bench's latent, conditioning, sampler, CFG and seed."""
+        a = self.args
+        return self.comfy.sample.sample(m, noise, steps, a.cfg, a.sampler, a.scheduler, self.positive, self.negative,
+                                        self.latent, callback=callback, disable_pbar=True, seed=a.seed)
+
     def run(self, name: str) -> dict:
         a = self.args
         row: dict = {"config": name, "compile": name.endswith("+compile")}
@@ -214,22 +221,14 @@ class Bench:
                 # 20 %, the `quality` preset's last 15 %)
                 _sync(self.cuda)
                 tw = time.perf_counter()
-                self.comfy.sample.sample(m, noise, a.warmup_steps, a.cfg, a.sampler, a.scheduler, self.positive,
-                                         self.negative, self.latent, disable_pbar=True, seed=a.seed)
+                self._sample(m, noise, a.warmup_steps)
                 _sync(self.cuda)
                 row["warmup_s"] = time.perf_counter() - tw
             _sync(self.cuda)
             t0 = time.perf_counter()
             timer.start()
-            if breakdown is not None:
-                with breakdown:
-                    out = self.comfy.sample.sample(m, noise, a.steps, a.cfg, a.sampler, a.scheduler, self.positive,
-                                                   self.negative, self.latent, callback=timer, disable_pbar=True,
-                                                   seed=a.seed)
-            else:
-                out = self.comfy.sample.sample(m, noise, a.steps, a.cfg, a.sampler, a.scheduler, self.positive,
-                                               self.negative, self.latent, callback=timer, disable_pbar=True,
-                                               seed=a.seed)
+            with breakdown if breakdown is not None else contextlib.nullcontext():
+                out = self._sample(m, noise, a.steps, callback=timer)
             _sync(self.cuda)
             total = time.perf_counter() - t0
             steps = timer.step_seconds()
@@ -295,8 +294,7 @@ class Bench:
         _sync(self.cuda)
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         with profile(activities=acts) as prof:
-            self.comfy.sample.sample(m, noise, 1, a.cfg, a.sampler, a.scheduler, self.positive, self.negative,
-                                     self.latent, disable_pbar=True, seed=a.seed)
+            self._sample(m, noise, 1)
             _sync(self.cuda)
         key = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         events = prof.key_averages()
