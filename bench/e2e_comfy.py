@@ -24,6 +24,9 @@ speed-up vs default, peak GPU memory, first-step overhead, calibration time, rel
 latent vs the default run, and (eager runs) the step-time breakdown of bench/e2e/timing.py. Results go
 to <out>/e2e_<model><tag>.json (after every configuration) and a markdown table to stdout.
 
+The default run can be kept (--save-reference) and compared against from a later run (--reference) that
+samples the same thing (bench/e2e/reference.py): a 14B default run alone takes ~150 s of a 600 s device call.
+
 GPU:  bash bench/run_e2e_gpu.sh wan21_1.3b        (see that script for the carry list)
 CPU:  python3 bench/e2e_comfy.py --tiny           (same code path, tiny checkpoint, reference backend)
 """
@@ -50,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benc
 
 from bench.e2e import boot  # noqa: E402
 from bench.e2e.checkpoints import MODELS, build_state_dict  # noqa: E402
+from bench.e2e.reference import load_reference, mismatches, save_reference  # noqa: E402
 from bench.e2e.timing import Breakdown, StepTimer  # noqa: E402
 from sparseflow.schedule import SCHEDULE_PRESETS, schedule_preset  # noqa: E402
 
@@ -100,6 +104,9 @@ class Bench:
         self.reference_latent: torch.Tensor | None = None
         self.default_step: float | None = None
         self.default_peak: float | None = None
+        self.reference: dict | None = None   # the default run this run compares against, when not its own
+        self.run_keys: dict = {}             # what a saved reference must match (reference.MATCH_KEYS)
+        self.env_keys: dict = {}             # where and from which code a saved reference came
         self._calibrated = None
 
     # -- setup --------------------------------------------------------------------------------------------
@@ -248,6 +255,13 @@ class Bench:
                 self.reference_latent = out
                 self.default_step = row["s_per_step"]
                 self.default_peak = row["peak_gib"]
+                if a.save_reference:
+                    stem = Path(a.out) / f"reference_{self.bench.name}{a.tag}"
+                    meta = dict(self.run_keys, s_per_step=row["s_per_step"], peak_gib=row["peak_gib"],
+                                timed_steps=row["timed_steps"], **self.env_keys)
+                    row["saved_reference"] = [p.name for p in save_reference(stem, out, meta)]
+            elif self.reference is not None:
+                row["vs_reference"] = self.reference["file"]
             if self.reference_latent is not None:
                 ref = self.reference_latent
                 row["rel_err"] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
@@ -314,13 +328,17 @@ def _f(x, fmt: str) -> str:
     return format(x, fmt[:-1]) + "%" if fmt.endswith("%") else format(x, fmt)
 
 
-def table(info: dict, rows: list[dict]) -> str:
+def table(info: dict, rows: list[dict], reference: dict | None = None) -> str:
     lines = [f"### {info['model']} ({info['class']}, {info['video']}, latent {tuple(info['latent'])}, "
              f"{info['tokens']} tokens, {info['layers']} layers x {info['heads']} heads)",
              "",
              "s/step: " + ("mean of all steps, after an untimed warm-up sampling"
                            if any(r.get("timed_steps") == "all" for r in rows) else
                            "mean of steps 1.. (step 0 holds compile/autotune)"),
+             *(["", f"speed-up, peak vs default and rel. err: against the default run saved in {reference['file']} "
+                    f"(a separate run: {reference['gpu']}, commit {reference['commit']}, {reference['timestamp']}; "
+                    f"default {reference['s_per_step']:.3f} s/step, peak {_f(reference['peak_gib'], '.1f')} GiB)"]
+               if reference else []),
              "",
              "| configuration | s/step | steady s/step | total s | speed-up | peak GiB | peak vs default "
              "| first-step overhead s | calibration s | rel. err vs default |",
@@ -389,16 +407,28 @@ def main() -> None:
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="an untimed sampling of this many steps per configuration first; then s/step is the mean "
                         "of all steps (without: of steps 1..). 2 reaches both ends of a schedule")
+    p.add_argument("--save-reference", action="store_true",
+                   help="write the default run's final latent, s/step and peak memory to "
+                        "<out>/reference_<model><tag>-0000i-of-0000n.safetensors, for --reference")
+    p.add_argument("--reference", default=None, type=Path,
+                   help="compare against the default run saved by --save-reference (a stem or one shard) instead "
+                        "of sampling `default`: it must have sampled the same model, dtype, seed, steps, warm-up, "
+                        "CFG, sampler, scheduler and latent shape on the same GPU")
     p.add_argument("--tag", default="", help="suffix of the output file names (several runs of one model)")
     p.add_argument("--out", default=os.environ.get("OUT", str(boot.REPO / "bench" / "e2e_out")))
     a = p.parse_args()
     if a.tiny:
         a.model = "tiny"
     a.breakdown = [x for x in a.breakdown.split(",") if x]
+    configs = [c for c in a.configs.split(",") if c]
+    if a.reference is not None and "default" in configs:
+        p.error("--reference replaces the `default` configuration: leave `default` out of --configs, or drop "
+                "--reference to sample it in this run")
+    if a.save_reference and "default" not in configs:
+        p.error("--save-reference saves the `default` configuration's run: add `default` to --configs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
     bench = Bench(a)
     info = bench.load()
-    configs = [c for c in a.configs.split(",") if c]
     if "default" in configs:  # the reference for speed-up, memory and error runs first
         configs.remove("default")
         configs.insert(0, "default")
@@ -414,11 +444,30 @@ def main() -> None:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         pass
+    bench.run_keys = {"model": info["model"], "dtype": info["dtype"], "seed": a.seed, "steps": a.steps,
+                      "warmup_steps": a.warmup_steps, "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler,
+                      "latent_shape": list(bench.latent.shape)}
+    bench.env_keys = {k: env[k] for k in ("gpu", "commit", "timestamp", "torch", "comfyui")}
+    if a.reference is not None:
+        try:
+            latent, meta = load_reference(a.reference)
+        except FileNotFoundError as e:
+            p.error(str(e))
+        wrong = mismatches(meta, bench.run_keys)
+        if meta.get("gpu") != env["gpu"]:
+            wrong.append(f"gpu: reference {meta.get('gpu')!r}, this run {env['gpu']!r} (speed-ups need one GPU)")
+        if wrong:
+            p.error(f"--reference {a.reference} sampled something else: " + "; ".join(wrong))
+        bench.reference_latent = latent
+        bench.default_step, bench.default_peak = meta["s_per_step"], meta["peak_gib"]
+        bench.reference = env["reference"] = {
+            "file": a.reference.name, **{k: meta[k] for k in ("commit", "timestamp", "gpu", "s_per_step",
+                                                              "peak_gib", "timed_steps")}}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in configs:
         bench.run(name)   # with --tiny, sage and sol_attn run their CPU fallbacks (code path only)
-        text = table(info, bench.results)   # JSON after every configuration: a killed run keeps its rows
+        text = table(info, bench.results, bench.reference)   # JSON after every configuration: a killed run keeps its rows
         (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
                                                                   "rows": bench.results}, indent=1, default=str))
     print(f"\n{json.dumps(env)}\n{text}")

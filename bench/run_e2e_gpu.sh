@@ -4,6 +4,9 @@
 #   bash bench/run_e2e_gpu.sh prepare              # here, once: fills .comfy_e2e/, .whl/, .peers/ (all git-ignored)
 #   run(command="bash bench/run_e2e_gpu.sh gpu wan21_1.3b", carry=[".comfy_e2e", ".whl", ".peers"], timeout_s=540)
 #   bash bench/run_e2e_gpu.sh gpu wan22_5b --configs default,sparseflow --steps 3   # extra args go to e2e_comfy.py
+#   ... gpu wan21_14b --configs default,sage --save-reference   # keeps the default run in $OUT/reference_*.safetensors;
+#   copy those files back into .e2e_ref/ (git-ignored), carry it, and a later call compares against them:
+#   ... gpu wan21_14b --configs default+compile,sparseflow+compile --reference .e2e_ref/reference_wan21_14b
 #
 # .comfy_e2e/  the .py files of ComfyUI 0.3.64's comfy/, comfy_api/ and the root modules they import (about
 #          3 MB; copied from $COMFYUI_SRC, default /opt/ComfyUI, see docs/comfy_setup_notes.md). Never committed.

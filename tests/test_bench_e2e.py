@@ -54,3 +54,34 @@ def test_with_warmup_every_step_is_timed(tmp_path):
     # the warm-up leaves the sampled latent alone: same seed, same result as the default run's own
     assert rows["default"]["rel_err"] == 0 and rows["sparseflow_quality"]["rel_err"] > 0
     assert "mean of all steps, after an untimed warm-up sampling" in data["stdout"]
+
+
+def test_a_saved_default_run_stands_in_for_default_in_a_later_run(tmp_path):
+    """--save-reference / --reference: a later run compares against the saved default run, and refuses one that
+    sampled something else (a 14B default run alone is a quarter of a device call)."""
+    first = _run(tmp_path / "a", "--warmup-steps", "1", "--save-reference")
+    rows = {r["config"]: r for r in first["rows"]}
+    saved = rows["default"]["saved_reference"]
+    assert saved and all((tmp_path / "a" / name).is_file() for name in saved)
+    stem = tmp_path / "a" / "reference_tiny"
+
+    later = _run(tmp_path / "b", "--warmup-steps", "1", "--configs", "sparseflow_quality", "--reference", str(stem))
+    (row,) = later["rows"]
+    assert row["status"] == "ok" and row["vs_reference"] == "reference_tiny"
+    assert later["env"]["reference"]["s_per_step"] == rows["default"]["s_per_step"]
+    # the same sampling as the first run's sparseflow_quality row, measured against the same default latent
+    assert row["rel_err"] == pytest.approx(rows["sparseflow_quality"]["rel_err"], rel=1e-5)
+    assert row["rel_err"] > 0
+    assert row["speedup"] == pytest.approx(rows["default"]["s_per_step"] / row["s_per_step"])
+    assert "against the default run saved in reference_tiny" in later["stdout"]
+
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), SPARSEFLOW_COMMIT="test")
+    base = [sys.executable, str(REPO / "bench" / "e2e_comfy.py"), "--tiny", "--out", str(tmp_path / "c"),
+            "--reference", str(stem)]
+    other_steps = subprocess.run(base + ["--configs", "sparseflow", "--steps", "2", "--warmup-steps", "1"],
+                                 capture_output=True, text=True, env=env, timeout=600)
+    assert other_steps.returncode == 2
+    assert "sampled something else: steps: reference 3, this run 2" in other_steps.stderr
+    both = subprocess.run(base + ["--configs", "default,sparseflow"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert both.returncode == 2 and "--reference replaces the `default` configuration" in both.stderr
