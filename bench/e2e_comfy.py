@@ -467,7 +467,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in configs:
         bench.run(name)   # with --tiny, sage and sol_attn run their CPU fallbacks (code path only)
-        text = table(info, bench.results, bench.reference)   # JSON after every configuration: a killed run keeps its rows
+        text = table(info, bench.results, bench.reference)  # JSON after each configuration: a killed run keeps its rows
         (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
                                                                   "rows": bench.results}, indent=1, default=str))
     print(f"\n{json.dumps(env)}\n{text}")
