@@ -13,6 +13,9 @@
 # .whl/    torchsde 0.2.6 + trampoline 0.1.2: the only packages ComfyUI's sampling stack imports that the GPU
 #          image lacks (checked against KINDS.md's package list: comfy.k_diffusion.sampling imports torchsde).
 # .peers/  sageattention 1.0.6 and comfy-kitchen 0.2.40 (sol_attn), from bench/prepare_peers.sh.
+# .peers_sage/  sageattention alone (0.1 MB): carried instead of .peers (41 MB, comfy-kitchen's CUDA .so) beside
+#          .e2e_ref/ (a saved 14B default run, 19 MB), which together with .peers would pass the 64 MiB carry limit;
+#          the command then sets SPARSEFLOW_PEERS=.peers_sage (bench/e2e/boot.py).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +25,7 @@ shift || true
 
 prepare() {
     local src="${COMFYUI_SRC:-/opt/ComfyUI}"
-    for ignored in /.comfy_e2e/ /.whl/ /.peers/; do
+    for ignored in /.comfy_e2e/ /.whl/ /.peers/ /.peers_sage/ /.e2e_ref/; do
         grep -qxF "$ignored" .git/info/exclude || echo "$ignored" >> .git/info/exclude
     done
     if [ ! -f .comfy_e2e/comfy/sd.py ]; then
@@ -42,7 +45,8 @@ prepare() {
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl "$pkg"
     done
     [ -f .peers/site/comfy_kitchen/__init__.py ] || bash bench/prepare_peers.sh
-    du -sh .comfy_e2e .whl .peers
+    rm -rf .peers_sage && mkdir -p .peers_sage/site && cp -r .peers/site/sageattention* .peers_sage/site/
+    du -sh .comfy_e2e .whl .peers .peers_sage
 }
 
 gpu() {
