@@ -105,8 +105,7 @@ class Bench:
         self.default_step: float | None = None
         self.default_peak: float | None = None
         self.reference: dict | None = None   # the default run this run compares against, when not its own
-        self.run_keys: dict = {}             # what a saved reference must match (reference.MATCH_KEYS)
-        self.env_keys: dict = {}             # where and from which code a saved reference came
+        self.run_meta: dict = {}             # what sampled and where: saved with a reference, matched against one
         self._calibrated = None
 
     # -- setup --------------------------------------------------------------------------------------------
@@ -257,8 +256,8 @@ class Bench:
                 self.default_peak = row["peak_gib"]
                 if a.save_reference:
                     stem = Path(a.out) / f"reference_{self.bench.name}{a.tag}"
-                    meta = dict(self.run_keys, s_per_step=row["s_per_step"], peak_gib=row["peak_gib"],
-                                timed_steps=row["timed_steps"], **self.env_keys)
+                    meta = dict(self.run_meta, s_per_step=row["s_per_step"], peak_gib=row["peak_gib"],
+                                timed_steps=row["timed_steps"])
                     row["saved_reference"] = [p.name for p in save_reference(stem, out, meta)]
             elif self.reference is not None:
                 row["vs_reference"] = self.reference["file"]
@@ -426,6 +425,11 @@ def main() -> None:
                 "--reference to sample it in this run")
     if a.save_reference and "default" not in configs:
         p.error("--save-reference saves the `default` configuration's run: add `default` to --configs")
+    if a.reference is not None:
+        try:  # before the model is built: a wrong path costs no GPU time
+            ref_latent, ref_meta = load_reference(a.reference)
+        except FileNotFoundError as e:
+            p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
     bench = Bench(a)
     info = bench.load()
@@ -444,25 +448,19 @@ def main() -> None:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         pass
-    bench.run_keys = {"model": info["model"], "dtype": info["dtype"], "seed": a.seed, "steps": a.steps,
+    bench.run_meta = {"model": info["model"], "dtype": info["dtype"], "seed": a.seed, "steps": a.steps,
                       "warmup_steps": a.warmup_steps, "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler,
-                      "latent_shape": list(bench.latent.shape)}
-    bench.env_keys = {k: env[k] for k in ("gpu", "commit", "timestamp", "torch", "comfyui")}
+                      "latent_shape": list(bench.latent.shape),
+                      **{k: env[k] for k in ("gpu", "commit", "timestamp", "torch", "comfyui")}}
     if a.reference is not None:
-        try:
-            latent, meta = load_reference(a.reference)
-        except FileNotFoundError as e:
-            p.error(str(e))
-        wrong = mismatches(meta, bench.run_keys)
-        if meta.get("gpu") != env["gpu"]:
-            wrong.append(f"gpu: reference {meta.get('gpu')!r}, this run {env['gpu']!r} (speed-ups need one GPU)")
+        wrong = mismatches(ref_meta, bench.run_meta)
         if wrong:
             p.error(f"--reference {a.reference} sampled something else: " + "; ".join(wrong))
-        bench.reference_latent = latent
-        bench.default_step, bench.default_peak = meta["s_per_step"], meta["peak_gib"]
+        bench.reference_latent = ref_latent
+        bench.default_step, bench.default_peak = ref_meta["s_per_step"], ref_meta["peak_gib"]
         bench.reference = env["reference"] = {
-            "file": a.reference.name, **{k: meta[k] for k in ("commit", "timestamp", "gpu", "s_per_step",
-                                                              "peak_gib", "timed_steps")}}
+            "file": a.reference.name, **{k: ref_meta[k] for k in ("commit", "timestamp", "gpu", "s_per_step",
+                                                                  "peak_gib", "timed_steps")}}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in configs:

@@ -15,10 +15,12 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-# what must match between the reference's run and the run comparing against it
-MATCH_KEYS = ("model", "dtype", "seed", "steps", "warmup_steps", "cfg", "sampler", "scheduler", "latent_shape")
+# what must match between the reference's run and the run comparing against it (gpu: speed-ups need one GPU kind)
+MATCH_KEYS = ("model", "dtype", "seed", "steps", "warmup_steps", "cfg", "sampler", "scheduler", "latent_shape",
+              "gpu")
 SHARD_BYTES = 15 * 2**20
 
 
@@ -56,14 +58,13 @@ def _find(reference: Path) -> list[Path]:
 
 
 def load_reference(reference: Path) -> tuple[torch.Tensor, dict]:
-    """The latent and metadata written by save_reference."""
-    from safetensors import safe_open
-
-    paths = _find(reference)
-    with safe_open(str(paths[0]), framework="pt") as f:
-        meta = json.loads(f.metadata()["sparseflow_e2e_reference"])
-    flat = torch.cat([load_file(str(p))["latent"] for p in paths])
-    return flat.reshape(meta["latent_shape"]), meta
+    """The latent and metadata written by save_reference (every shard carries the metadata; the first one's is used)."""
+    parts, meta = [], None
+    for path in _find(reference):
+        with safe_open(str(path), framework="pt") as f:
+            meta = meta or json.loads(f.metadata()["sparseflow_e2e_reference"])
+            parts.append(f.get_tensor("latent"))
+    return torch.cat(parts).reshape(meta["latent_shape"]), meta
 
 
 def mismatches(meta: dict, run: dict) -> list[str]:
