@@ -27,8 +27,8 @@ import torch
 
 from sparseflow import ffn, residual_norm
 
-from .prologue import norm_params, unknown_forward_reason
-from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
+from .prologue import call_state, norm_params, unknown_forward_reason
+from .state import SparseFlowState, log_once
 
 __all__ = ["KNOWN_BLOCK_FORWARDS", "ffn_forward", "fused_block_patches", "make_fused_block_forward"]
 
@@ -76,13 +76,9 @@ def make_fused_block_forward(block: torch.nn.Module):
         if torch.compiler.is_compiling():  # inductor fuses ComfyUI's own passes; no host work inside the trace
             return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
                             **kwargs)
-        state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
-        why = backend = n1 = n2 = n3 = None
-        if kwargs:
-            why = f"unexpected arguments {sorted(kwargs)}"
-        elif not isinstance(state, SparseFlowState):
-            why = "no SparseFlow state in transformer_options"
-        else:
+        state, why = call_state(to, kwargs)
+        backend = n1 = n2 = n3 = None
+        if why is None:
             why = residual_norm.stream_reason(x)
         if why is None:
             backend, why = _backend(state, x)

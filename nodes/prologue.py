@@ -72,6 +72,18 @@ def unknown_forward_reason(cls: type, known: dict[str, str], what: str) -> str |
             f"{what} (known: {', '.join(known.values())})")
 
 
+def call_state(transformer_options, kwargs: dict) -> tuple[SparseFlowState | None, str | None]:
+    """A patched forward's call: (its SparseFlow state, None), or (state or None, why the call goes to ComfyUI's
+    own forward instead) when it has arguments the fused forward does not take or no SparseFlow state."""
+    to = transformer_options
+    state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
+    if kwargs:
+        return state, f"unexpected arguments {sorted(kwargs)}"
+    if not isinstance(state, SparseFlowState):
+        return state, "no SparseFlow state in transformer_options"
+    return state, None
+
+
 def norm_params(norm: torch.nn.Module, x: torch.Tensor, what: str) -> tuple[tuple | None, str | None]:
     """((weight, bias), None): a norm module's parameters on x's device (None where it has none), as ComfyUI's
     `cast_bias_weight` gives them when the module has no patch functions; or (None, why a fused kernel cannot
@@ -118,12 +130,7 @@ def make_fused_forward(module: torch.nn.Module):
 
     def fused_forward(x, freqs, transformer_options={}, **kwargs):  # noqa: B006 - ComfyUI's signature
         to = transformer_options
-        state = to.get(SPARSEFLOW_KEY) if isinstance(to, dict) else None
-        why = None
-        if kwargs:
-            why = f"unexpected arguments {sorted(kwargs)}"
-        elif not isinstance(state, SparseFlowState):
-            why = "no SparseFlow state in transformer_options"
+        state, why = call_state(to, kwargs)
         if why is None:
             backend, why = _prologue_backend(state, x)
         if why is None:

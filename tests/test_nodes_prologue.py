@@ -117,3 +117,19 @@ def test_a_comfyui_forward_the_prologue_does_not_know_is_left_alone(pack, tiny_m
                    for k, v in patched.object_patches.items())
     assert "is not one SparseFlow's fused prologue mirrors" in caplog.text
     assert "QK-norm + RoPE stay ComfyUI's own" in caplog.text
+
+
+def test_a_patched_forward_call_with_extra_arguments_or_no_state_goes_to_comfyuis_forward(pack):  # noqa: F811
+    """nodes.prologue.call_state: the guard both patched forwards (QK prologue, block norms) ask first."""
+    import importlib
+
+    pro = _prologue_module()
+    state_mod = importlib.import_module(f"{PACKAGE}.nodes.state")
+    state = object.__new__(state_mod.SparseFlowState)
+    to = {state_mod.SPARSEFLOW_KEY: state}
+    assert pro.call_state(to, {}) == (state, None)
+    assert pro.call_state(to, {"b": 1, "a": 2}) == (state, "unexpected arguments ['a', 'b']")
+    assert pro.call_state({}, {}) == (None, "no SparseFlow state in transformer_options")
+    assert pro.call_state(None, {}) == (None, "no SparseFlow state in transformer_options")
+    assert pro.call_state({state_mod.SPARSEFLOW_KEY: "not a state"}, {})[1] == (
+        "no SparseFlow state in transformer_options")
