@@ -31,6 +31,9 @@ CASES = {  # name: (batch, heads, geometry, route, window, density of a random L
     "w1_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 1, None),
     "dense_13b": (1, 12, Geometry(21, 30, 52), DENSE, 0, None),
     "w0_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0, None),
+    # Wan 2.2 5B 720p x 121f: 880 tokens (6.9 key blocks) per frame, so window 0 rows hold 7..22 key tiles
+    "w0_5b": (1, 24, Geometry(31, 22, 40), SPARSE, 0, None),
+    "w2_5b": (1, 24, Geometry(31, 22, 40), SPARSE, 2, None),
     # the kernel bench's random block masks (LUT-only mode: exactly the listed key blocks, no window or anchors)
     "random10_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 0, 0.1),
     "random10_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0, 0.1),
