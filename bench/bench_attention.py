@@ -37,14 +37,15 @@ import triton
 import triton.testing
 
 _REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_REPO), str(_REPO / "bench")]
+sys.path[:0] = [str(_REPO / "tests"), str(_REPO / "bench")]  # the pack loader (as tests load it), peers.py
+__import__("pack_package").load_pack_package()
 
-from kernels import fused_attention  # noqa: E402
-from kernels.fused import _kernel as fused_kernel  # noqa: E402
-from sparseflow import ops  # noqa: E402
-from sparseflow.geometry import Geometry  # noqa: E402
-from sparseflow.masks import pair_counts, structural_block_mask  # noqa: E402
-from sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
+from comfyui_sparseflow.kernels import fused_attention  # noqa: E402
+from comfyui_sparseflow.kernels.fused import _kernel as fused_kernel  # noqa: E402
+from comfyui_sparseflow.sparseflow import ops  # noqa: E402
+from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
+from comfyui_sparseflow.sparseflow.masks import pair_counts, structural_block_mask  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 
 SHAPES = {  # name: (batch, heads, geometry); D = 128
     "wan13b_480p": (1, 12, Geometry(21, 30, 52)),

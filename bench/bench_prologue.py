@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pack loader, as tests load it
+__import__("pack_package").load_pack_package()
 
-from sparseflow.prologue import norm_rope_qk  # noqa: E402
+from comfyui_sparseflow.sparseflow.prologue import norm_rope_qk  # noqa: E402
 
 SHAPES = {  # name: (tokens L, model dim C, head_dim)
     "wan13b_480p": (32760, 1536, 128),

@@ -49,13 +49,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `bench.e2e.*`
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+__import__("pack_package").load_pack_package()  # repo root: `bench.e2e.*`; tests/: the pack loader
+
+from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, schedule_preset  # noqa: E402
 
 from bench.e2e import boot  # noqa: E402
 from bench.e2e.checkpoints import MODELS, build_state_dict  # noqa: E402
 from bench.e2e.reference import load_reference, mismatches, save_reference  # noqa: E402
 from bench.e2e.timing import Breakdown, StepTimer  # noqa: E402
-from sparseflow.schedule import SCHEDULE_PRESETS, schedule_preset  # noqa: E402
 
 log = logging.getLogger("sparseflow.bench.e2e")
 
@@ -90,10 +92,10 @@ class Bench:
         self.cuda = not args.tiny
         self.comfy = boot.import_comfy(cpu=args.tiny)
         self.pack = boot.import_pack()
-        from SparseFlow.nodes import patch as sf_patch  # noqa: E402  (the pack, loaded as a package)
+        from comfyui_sparseflow.nodes import patch as sf_patch  # noqa: E402  (the pack, loaded as a package)
 
         self.sf_patch = sf_patch
-        from SparseFlow.nodes import fused_block as sf_fused_block  # noqa: E402
+        from comfyui_sparseflow.nodes import fused_block as sf_fused_block  # noqa: E402
 
         self.sf_fused_block = sf_fused_block
         self.bench = MODELS[args.model]
@@ -179,7 +181,7 @@ class Bench:
         a = self.args
         if self._calibrated is None and a.calibrate_with == "node":
             # the SparseFlow Calibrate node's own function: dense sampling of all steps, reference operator
-            from SparseFlow.nodes import calibrate as sf_calibrate
+            from comfyui_sparseflow.nodes import calibrate as sf_calibrate
             _sync(self.cuda)
             t0 = time.perf_counter()
             rmap, report = sf_calibrate.calibrate_model(self.model, self.positive, self.negative,

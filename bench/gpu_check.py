@@ -3,12 +3,18 @@
 Run on the GPU machine: `python3 bench/gpu_check.py`. Prints one line per row (median ms, triton.testing.do_bench).
 """
 
+import sys
+from pathlib import Path
+
 import torch
 import triton
 
-from sparseflow import ops
-from sparseflow.geometry import Geometry
-from sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pack loader, as tests load it
+__import__("pack_package").load_pack_package()
+
+from comfyui_sparseflow.sparseflow import ops  # noqa: E402
+from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 
 G = Geometry(21, 30, 52)  # Wan 2.1 1.3B 480p x 81f
 H = 12

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pack loader, as tests load it
+__import__("pack_package").load_pack_package()
 
-from kernels.fused import fused_attention  # noqa: E402
-from sparseflow.geometry import Geometry  # noqa: E402
-from sparseflow.plan import DENSE, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
+from comfyui_sparseflow.kernels.fused import fused_attention  # noqa: E402
+from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 
 CONFIG = (128, 128, 8, 3)
 CASES = {  # name: (batch, heads, geometry, route, window, density of a random LUT-only mask or None)
@@ -75,8 +76,9 @@ def main() -> None:
         print(f"profiled {name}: B={batch} H={heads} L={g.length} {what}", flush=True)
         del q, k, v
     if a.prologue:
+        from comfyui_sparseflow.sparseflow.prologue import norm_rope_qk
+
         from bench.bench_prologue import rope_freqs
-        from sparseflow.prologue import norm_rope_qk
 
         q, k = (torch.randn(2, 32760, 1536, device="cuda", dtype=torch.float16) for _ in range(2))
         w = torch.ones(1536, device="cuda", dtype=torch.float16)

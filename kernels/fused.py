@@ -25,12 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import configs
-from kernels.prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
-from kernels.ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
-from sparseflow.inputs import check_qkv, to_bhld
-from sparseflow.masks import topk_lut
-from sparseflow.plan import LINEAR, SPARSE, AttentionPlan
+from ..sparseflow.inputs import check_qkv, to_bhld
+from ..sparseflow.masks import topk_lut
+from ..sparseflow.plan import LINEAR, SPARSE, AttentionPlan
+from . import configs
+from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
+from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
 
 __all__ = ["compiled_variants", "fused_attention"]
 

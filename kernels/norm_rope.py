@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.configs import INTERPRET
+from .configs import INTERPRET
 
 __all__ = ["norm_rope_qk"]
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from sparseflow.geometry import Geometry
-from sparseflow.masks import num_blocks
-from sparseflow.plan import DENSE, SPARSE, AttentionPlan
-from sparseflow.reference import segment_table
+from ..sparseflow.geometry import Geometry
+from ..sparseflow.masks import num_blocks
+from ..sparseflow.plan import DENSE, SPARSE, AttentionPlan
+from ..sparseflow.reference import segment_table
 
 __all__ = ["MAX_ANCHORS", "GeometryTables", "feature_linear", "geometry_tables", "plan_tensors", "pooled_means"]
 

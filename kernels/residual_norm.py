@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.configs import INTERPRET
+from .configs import INTERPRET
 
 __all__ = ["add_norm"]
 

@@ -13,10 +13,9 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from sparseflow.calibrate import DEFAULT_CANDIDATES, ErrorTable, choose_routes, head_errors
-from sparseflow.plan import BLOCKS
-from sparseflow.routing import RoutingMap, routing_to_json
-
+from ..sparseflow.calibrate import DEFAULT_CANDIDATES, ErrorTable, choose_routes, head_errors
+from ..sparseflow.plan import BLOCKS
+from ..sparseflow.routing import RoutingMap, routing_to_json
 from .hook import BLOCK_KEY, geometry_for, log_once, make_block_patch, sigma_lists, step_index
 from .patch import wan_info
 from .types import RoutingType, advanced, schema

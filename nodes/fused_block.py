@@ -25,8 +25,7 @@ import sys
 
 import torch
 
-from sparseflow import ffn, residual_norm
-
+from ..sparseflow import ffn, residual_norm
 from .prologue import call_state, norm_params, unknown_forward_reason
 from .state import SparseFlowState, log_once
 

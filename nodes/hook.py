@@ -59,7 +59,7 @@ OVERRIDE_KEY = "optimized_attention_override"
 def run_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, code: torch.Tensor, heads: int,
                  backend: str) -> torch.Tensor:
     """`sparseflow.ops.attention_encoded` with the plan code and backend chosen per model call (`context()`)."""
-    from sparseflow import ops
+    from ..sparseflow import ops
 
     return ops.attention_encoded(q, k, v, code, heads=heads, backend=backend)
 

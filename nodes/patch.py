@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from sparseflow.plan import BLOCKS, LINEAR_KINDS
-from sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
-from sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
-
+from ..sparseflow.plan import BLOCKS, LINEAR_KINDS
+from ..sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
+from ..sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
 from .fused_block import fused_block_patches
 from .hook import (
     SPARSEFLOW_KEY,
@@ -87,7 +86,7 @@ def wan_info(model: object) -> WanInfo:
 
 def check_backend(backend: str) -> None:
     """Raise ValueError when `backend` is unknown or, explicitly chosen, cannot run here (with the reasons)."""
-    from sparseflow import ops
+    from ..sparseflow import ops
 
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"SparseFlow: backend must be one of {', '.join(BACKEND_CHOICES)}; got '{backend}'")

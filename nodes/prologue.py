@@ -26,8 +26,7 @@ import tokenize
 
 import torch
 
-from sparseflow import prologue
-
+from ..sparseflow import prologue
 from .state import SPARSEFLOW_KEY, SparseFlowState, log_once
 
 __all__ = ["KNOWN_FORWARDS", "forward_fingerprint", "fused_forward_patches", "make_fused_forward", "norm_params",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from sparseflow.routing import (
+from ..sparseflow.routing import (
     FAMILIES,
     MAX_DIM,
     ROUTING_PRESETS,
@@ -24,8 +24,7 @@ from sparseflow.routing import (
     summary,
     with_overrides,
 )
-from sparseflow.routing_file import load_routing, save_routing
-
+from ..sparseflow.routing_file import load_routing, save_routing
 from .types import RoutingType, schema
 
 __all__ = ["FOLDER", "SparseFlowRouting", "SparseFlowSaveRouting", "build_routing", "register_folder",

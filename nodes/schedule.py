@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from sparseflow.schedule import (
+from ..sparseflow.schedule import (
     MAX_TOPK,
     MAX_WINDOW,
     PROGRESS_MODES,
@@ -18,7 +18,6 @@ from sparseflow.schedule import (
     schedule_from_json,
     schedule_preset,
 )
-
 from .types import ScheduleType, advanced, schema
 
 __all__ = ["SparseFlowSchedule", "build_schedule"]

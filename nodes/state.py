@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sparseflow.geometry import Geometry, token_grid
-from sparseflow.masks import num_blocks, pair_counts
-from sparseflow.plan import DENSE, SPARSE, AttentionPlan
-from sparseflow.routing import RoutingMap
-from sparseflow.schedule import Schedule, StepParams, progress_from_sigmas
-from sparseflow.telemetry import CallRecord, RunTelemetry
+from ..sparseflow.geometry import Geometry, token_grid
+from ..sparseflow.masks import num_blocks, pair_counts
+from ..sparseflow.plan import DENSE, SPARSE, AttentionPlan
+from ..sparseflow.routing import RoutingMap
+from ..sparseflow.schedule import Schedule, StepParams, progress_from_sigmas
+from ..sparseflow.telemetry import CallRecord, RunTelemetry
 
 __all__ = ["BLOCK_KEY", "COMFY_BACKEND", "CONTEXT_KEY", "HEAD_DIMS", "SPARSEFLOW_KEY", "CallContext", "PatchConfig",
            "SparseFlowState", "geometry_for", "log_once", "sigma_lists", "step_index"]
@@ -175,10 +175,10 @@ class SparseFlowState:
         if self.config.fuse_qk_norm_rope:
             # import the prologue kernel here, outside the trace: a first import inside it changes the import
             # cache between the first and second model call, and torch.compile recompiles the whole model
-            from sparseflow import prologue
+            from ..sparseflow import prologue
             prologue.triton_reason()
         if self.config.fuse_block_norms:  # the same for the block kernel (eager runs only, but one import path)
-            from sparseflow import residual_norm
+            from ..sparseflow import residual_norm
             residual_norm.triton_reason()
         calls = [self.layer_call(geometry, layer, params, x) for layer in range(self.config.layers)]
         ctx = CallContext(geometry, step, progress, params, tuple(c[0] for c in calls), tuple(c[1] for c in calls))
@@ -189,7 +189,7 @@ class SparseFlowState:
         """((kind, plan code or None, backend or reason), plan index or -1) of one layer's self-attention."""
         if params.dense or all(r == DENSE for r in self._layers[layer][0]):
             return ("dense", None, COMFY_BACKEND), -1
-        from sparseflow import ops
+        from ..sparseflow import ops
 
         plan, pid = self._plan(geometry, layer, params)
         try:

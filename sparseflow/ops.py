@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import torch
 
-from sparseflow.geometry import Geometry
-from sparseflow.inputs import check_qkv
-from sparseflow.plan import DENSE, LINEAR_KINDS, AttentionPlan
-from sparseflow.reference import reference_attention
+from .geometry import Geometry
+from .inputs import check_qkv
+from .plan import DENSE, LINEAR_KINDS, AttentionPlan
+from .reference import reference_attention
 
 __all__ = ["BACKENDS", "attention", "attention_encoded", "available_backends", "backend_for", "current_backend",
            "decode_plan", "encode_plan", "use_backend"]
@@ -34,7 +34,7 @@ def _triton_fn() -> Callable | None:
     """kernels.fused_attention, or None with the import error recorded."""
     if "fn" not in _triton_import:
         try:
-            from kernels import fused_attention
+            from ..kernels import fused_attention
             _triton_import["fn"], _triton_import["error"] = fused_attention, None
         except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
             _triton_import["fn"], _triton_import["error"] = None, f"{type(e).__name__}: {e}"

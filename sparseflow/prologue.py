@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from sparseflow.inputs import triton_input_reason
+from .inputs import triton_input_reason
 
 __all__ = ["MAX_ELEMENTS", "PROLOGUE_BACKENDS", "layout_reason", "norm_rope_qk", "norm_rope_reference",
            "prologue_reason", "run_norm_rope", "triton_reason"]
@@ -84,7 +84,7 @@ def prologue_reason(x: torch.Tensor, weight: object, freqs: object, head_dim: in
 def _triton_fn():
     if "fn" not in _triton_import:
         try:
-            from kernels.norm_rope import norm_rope_qk as fn
+            from ..kernels.norm_rope import norm_rope_qk as fn
             _triton_import["fn"], _triton_import["error"] = fn, None
         except Exception as e:  # noqa: BLE001 - recorded as the reason
             _triton_import["fn"], _triton_import["error"] = None, f"{type(e).__name__}: {e}"

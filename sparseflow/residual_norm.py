@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sparseflow.inputs import triton_input_reason
+from .inputs import triton_input_reason
 
 __all__ = ["ADD_NORM_BACKENDS", "MAX_ELEMENTS", "add_norm", "add_norm_reason", "add_norm_reference", "output_reason",
            "rows_reason", "run_add_norm", "stream_reason", "triton_reason"]
@@ -114,7 +114,7 @@ def add_norm_reason(x: object, y: object = None, gate: object = None, *, norm: b
 def _triton_fn():
     if "fn" not in _triton_import:
         try:
-            from kernels.residual_norm import add_norm as fn
+            from ..kernels.residual_norm import add_norm as fn
             _triton_import["fn"], _triton_import["error"] = fn, None
         except Exception as e:  # noqa: BLE001 - recorded as the reason
             _triton_import["fn"], _triton_import["error"] = None, f"{type(e).__name__}: {e}"

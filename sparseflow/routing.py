@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseflow.plan import DENSE, LINEAR, ROUTE_NAMES, SPARSE
+from .plan import DENSE, LINEAR, ROUTE_NAMES, SPARSE
 
 __all__ = [
     "DEFAULT_ROUTING", "DENSE", "FAMILIES", "LINEAR", "ROUTE_NAMES", "ROUTING_PRESETS", "RoutingMap", "SPARSE",

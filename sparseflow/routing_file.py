@@ -15,7 +15,7 @@ import os
 import struct
 from pathlib import Path
 
-from sparseflow.routing import _TENSORS, FAMILIES, FORMAT, MAX_DIM, RoutingMap, _check_fields, summary
+from .routing import _TENSORS, FAMILIES, FORMAT, MAX_DIM, RoutingMap, _check_fields, summary
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "MAX_HEADER_BYTES", "RoutingFileError", "load_routing",
            "save_routing"]

@@ -1,10 +1,12 @@
-"""Session-wide test set-up: a loud summary of skipped integration and GPU tests."""
+"""Session-wide test set-up: the pack imported as one package, and a loud summary of skipped tests."""
 
 import os
 
 import pytest
+from pack_package import load_pack_package
 
 os.environ.setdefault("SPARSEFLOW_TESTING", "1")
+load_pack_package()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

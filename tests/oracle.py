@@ -11,8 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from sparseflow.plan import DENSE, SPARSE, AttentionPlan
+from comfyui_sparseflow.sparseflow.plan import DENSE, SPARSE, AttentionPlan
 
 
 def _token_tables(plan: AttentionPlan):

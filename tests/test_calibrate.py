@@ -2,11 +2,16 @@
 
 import pytest
 import torch
-
-from sparseflow.calibrate import DEFAULT_CANDIDATES, Candidate, ErrorTable, choose_routes, head_errors
-from sparseflow.geometry import Geometry
-from sparseflow.plan import DENSE, LINEAR, SPARSE
-from sparseflow.synthetic import structured_qkv
+from comfyui_sparseflow.sparseflow.calibrate import (
+    DEFAULT_CANDIDATES,
+    Candidate,
+    ErrorTable,
+    choose_routes,
+    head_errors,
+)
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE
+from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
 
 G = Geometry(9, 8, 16)  # 9 frames of 128 tokens, L = 1152, 18 blocks of 64
 

@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sparseflow.routing import routing_preset
-from sparseflow.routing_file import save_routing
+from comfyui_sparseflow.sparseflow.routing import routing_preset
+from comfyui_sparseflow.sparseflow.routing_file import save_routing
 
 ROOT = Path(__file__).resolve().parent.parent
 

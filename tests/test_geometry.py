@@ -1,8 +1,7 @@
 """Token geometry: Wan latent -> token grid, video sizes -> latent sizes, validation."""
 
 import pytest
-
-from sparseflow.geometry import Geometry, geometry_from_latent, latent_shape_for_video, token_grid
+from comfyui_sparseflow.sparseflow.geometry import Geometry, geometry_from_latent, latent_shape_for_video, token_grid
 
 
 def test_wan21_480p_81_frames_has_32760_tokens():

@@ -16,14 +16,13 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
+from comfyui_sparseflow.kernels import configs, fused_attention  # noqa: E402
+from comfyui_sparseflow.kernels.fused import compiled_variants  # noqa: E402
+from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
+from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
+from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
 from helpers import assert_close_report, rel_error  # noqa: E402
-
-from kernels import configs, fused_attention  # noqa: E402
-from kernels.fused import compiled_variants  # noqa: E402
-from sparseflow.geometry import Geometry  # noqa: E402
-from sparseflow.masks import topk_lut  # noqa: E402
-from sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
-from sparseflow.reference import reference_attention  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # (atol on elements, bound on ||out - ref|| / ||ref||): fp32 accumulation, output rounded to the input dtype

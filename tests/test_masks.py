@@ -4,10 +4,8 @@ import random
 
 import pytest
 import torch
-from oracle import oracle_block_mask, oracle_topk
-
-from sparseflow.geometry import Geometry
-from sparseflow.masks import (
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.masks import (
     density,
     key_block_ranges,
     merge_ranges,
@@ -16,7 +14,8 @@ from sparseflow.masks import (
     structural_block_mask,
     topk_lut,
 )
-from sparseflow.plan import AttentionPlan, uniform_plan
+from comfyui_sparseflow.sparseflow.plan import AttentionPlan, uniform_plan
+from oracle import oracle_block_mask, oracle_topk
 
 
 def _random_geometries(n, seed=0):

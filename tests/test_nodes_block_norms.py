@@ -72,7 +72,7 @@ def test_fused_blocks_give_comfyuis_result_and_are_counted(comfy, pack, tiny_mod
 def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
     """The Triton kernel (TRITON_INTERPRET=1 on CPU, compiled on CUDA) in place of ComfyUI's adds + norms."""
     pytest.importorskip("triton")
-    from sparseflow import residual_norm
+    from comfyui_sparseflow.sparseflow import residual_norm
 
     mod = _block_module()
     model = tiny_models[tw.WAN21_T2V]
@@ -111,7 +111,7 @@ def test_auto_backend_on_cpu_keeps_comfyuis_block_and_says_why(comfy, pack, tiny
 
 def test_a_module_output_the_kernel_does_not_take_runs_comfyuis_ops_for_that_add(comfy, pack, tiny_models,  # noqa: F811
                                                                                   monkeypatch):
-    from sparseflow import residual_norm
+    from comfyui_sparseflow.sparseflow import residual_norm
 
     model = tiny_models[tw.WAN21_T2V]
     own = _sample(comfy, _patch(pack, model, fuse_block_norms=False))
@@ -137,7 +137,7 @@ def test_a_module_output_the_kernel_does_not_take_runs_comfyuis_ops_for_that_add
 
 
 def _reference_positional(x, y, gate, norm, weight, bias, shift, scale, eps):
-    from sparseflow.residual_norm import add_norm_reference
+    from comfyui_sparseflow.sparseflow.residual_norm import add_norm_reference
 
     return add_norm_reference(x, y, gate, norm=norm, weight=weight, bias=bias, shift=shift, scale=scale, eps=eps)
 
@@ -156,9 +156,9 @@ def test_bench_breakdown_times_the_fused_ffn_as_the_ffn(comfy, pack, tiny_models
     the FFN's, not "rest" (the GPU path stood in for on the CPU by the same function in PyTorch)."""
     import comfy.ldm.wan.model as wan_model
     import torch.nn.functional as F
+    from comfyui_sparseflow.sparseflow import ffn, residual_norm
 
     from bench.e2e.timing import Breakdown
-    from sparseflow import ffn, residual_norm
 
     mod = _block_module()
     monkeypatch.setattr(mod, "_backend", lambda state, x: ("triton", None))

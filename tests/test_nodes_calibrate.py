@@ -8,11 +8,10 @@ import pytest
 import tiny_wan as tw
 import torch
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
+from comfyui_sparseflow.sparseflow.calibrate import DEFAULT_CANDIDATES, head_errors
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import DENSE
 from test_nodes_common import BIG, pack, tiny_models  # noqa: F401
-
-from sparseflow.calibrate import DEFAULT_CANDIDATES, head_errors
-from sparseflow.geometry import Geometry
-from sparseflow.plan import DENSE
 
 pytestmark = requires_comfy
 

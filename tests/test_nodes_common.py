@@ -8,17 +8,13 @@ in this file check the import path itself.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
 import tiny_wan as tw
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
-
-REPO = Path(__file__).resolve().parent.parent
-PACKAGE = "comfyui_sparseflow"
+from pack_package import PACKAGE, REPO, load_pack_package
 
 FRAMES, HEIGHT, WIDTH = 3, 8, 8  # 48 tokens: one 64/128 block
 BIG = (4, 16, 16)  # 256 tokens: 4 blocks of 64 over 4 frames, so sparse and linear differ from dense
@@ -29,12 +25,7 @@ def load_pack() -> SimpleNamespace:
     import comfy_env
 
     comfy_env.import_comfy()
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
+    load_pack_package()
     mods = {name: importlib.import_module(f"{PACKAGE}.nodes.{name}")
             for name in ("types", "hook", "patch", "schedule", "routing", "calibrate", "extension")}
     return SimpleNamespace(**mods)
@@ -62,7 +53,7 @@ def sample_big(comfy, model, variant=tw.WAN21_T2V, batch=1, steps=2):  # noqa: F
 def patch_small(pack, model, **kw):  # noqa: F811
     """SparseFlow on a 2x2 tiny Wan with 64-token blocks; routing 'alternating' and the reference backend unless
     given."""
-    from sparseflow.routing import routing_preset
+    from comfyui_sparseflow.sparseflow.routing import routing_preset
 
     kw.setdefault("routing", routing_preset("alternating", 2, 2))
     kw.setdefault("backend", "reference")

@@ -11,10 +11,9 @@ import time
 import tiny_wan as tw
 import torch
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
+from comfyui_sparseflow.sparseflow.routing import routing_preset
+from comfyui_sparseflow.sparseflow.schedule import schedule_preset
 from test_nodes_common import FRAMES, HEIGHT, WIDTH, pack, tiny_models  # noqa: F401
-
-from sparseflow.routing import routing_preset
-from sparseflow.schedule import schedule_preset
 
 pytestmark = requires_comfy
 
@@ -66,8 +65,7 @@ def test_compiled_patched_model_does_not_recompile_when_the_schedule_window_chan
         comfy, pack, tiny_models):  # noqa: F811
     """The plan reaches the op as a tensor made per model call, so window 0 -> 1 -> 2 reuses one graph."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-    from sparseflow.schedule import describe
+    from comfyui_sparseflow.sparseflow.schedule import describe
 
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
                                           routing=routing_preset("alternating", 2, 2), backend="reference", block=64)
@@ -86,8 +84,7 @@ def test_compiled_model_does_not_recompile_when_the_prologue_kernel_is_first_loa
     does it before the trace, so the second model call reuses the first call's graph (seen on the GPU as one
     22 s recompile at step 1 before the context did it)."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-    from sparseflow import prologue
+    from comfyui_sparseflow.sparseflow import prologue
 
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
                                           routing=routing_preset("alternating", 2, 2), backend="auto", block=64)

@@ -8,14 +8,13 @@ import pytest
 import tiny_wan as tw
 import torch
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import AttentionPlan
+from comfyui_sparseflow.sparseflow.reference import reference_attention
+from comfyui_sparseflow.sparseflow.routing import routing_preset
+from comfyui_sparseflow.sparseflow.schedule import describe, schedule_preset
 from helpers import assert_close_report
 from test_nodes_common import BIG, FRAMES, HEIGHT, WIDTH, model_snapshot, pack, tiny_models  # noqa: F401
-
-from sparseflow.geometry import Geometry
-from sparseflow.plan import AttentionPlan
-from sparseflow.reference import reference_attention
-from sparseflow.routing import routing_preset
-from sparseflow.schedule import describe, schedule_preset
 
 pytestmark = requires_comfy
 
@@ -141,7 +140,7 @@ def test_schedule_per_step_values_are_the_ones_applied(comfy, pack, tiny_models,
 
 
 def test_sigma_progress_mode_uses_the_models_whole_sigma_range(comfy, pack, tiny_models):  # noqa: F811
-    from sparseflow.schedule import Keyframe, Schedule
+    from comfyui_sparseflow.sparseflow.schedule import Keyframe, Schedule
 
     schedule = Schedule((Keyframe(0.0, 0), Keyframe(0.5, 3)), progress_mode="sigma")
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule, backend="reference")

@@ -71,7 +71,7 @@ def test_fused_prologue_gives_comfyuis_result_and_is_counted(comfy, pack, tiny_m
 def test_triton_prologue_kernel_runs_inside_the_model(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
     """The Triton kernel (TRITON_INTERPRET=1 on CPU, compiled on CUDA) in place of ComfyUI's norm + RoPE."""
     pytest.importorskip("triton")
-    from sparseflow import prologue
+    from comfyui_sparseflow.sparseflow import prologue
 
     mod = _prologue_module()
     model = tiny_models[tw.WAN21_T2V]

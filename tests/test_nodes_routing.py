@@ -7,12 +7,11 @@ import json
 import pytest
 import tiny_wan as tw
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE
+from comfyui_sparseflow.sparseflow.routing import routing_preset
+from comfyui_sparseflow.sparseflow.routing_file import load_routing
+from comfyui_sparseflow.sparseflow.schedule import describe, schedule_preset
 from test_nodes_common import pack, tiny_models  # noqa: F401
-
-from sparseflow.plan import DENSE, LINEAR, SPARSE
-from sparseflow.routing import routing_preset
-from sparseflow.routing_file import load_routing
-from sparseflow.schedule import describe, schedule_preset
 
 pytestmark = requires_comfy
 

@@ -4,11 +4,10 @@ import logging
 
 import pytest
 import torch
-
-from sparseflow import ops
-from sparseflow.geometry import Geometry
-from sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan
-from sparseflow.reference import reference_attention
+from comfyui_sparseflow.sparseflow import ops
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan
+from comfyui_sparseflow.sparseflow.reference import reference_attention
 
 G = Geometry(frames=3, height=4, width=8, prefix=5)  # L = 101
 PLAN = AttentionPlan(G, (SPARSE, DENSE, LINEAR), (0, 0, 0), (1, 0, 0), anchors=(0,), compensation=True, block=64)

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _modules_after_import(stmt: str) -> set[str]:
-    code = (f"import sys; {stmt}; "
+    """ComfyUI modules in sys.modules after loading the pack's package (tests/pack_package.py) and running stmt."""
+    code = (f"import sys; sys.path.insert(0, 'tests'); import pack_package; pack_package.load_pack_package(); {stmt}; "
             "print('\\n'.join(m for m in sys.modules if m.split('.')[0] in "
             "('comfy', 'comfy_api', 'comfy_extras', 'folder_paths', 'nodes', 'execution', 'server')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -17,13 +18,13 @@ def _modules_after_import(stmt: str) -> set[str]:
 
 
 def test_sparseflow_core_imports_no_comfyui_module():
-    stmt = ("import sparseflow, sparseflow.cli, sparseflow.calibrate, sparseflow.masks, sparseflow.reference, "
-            "sparseflow.telemetry, sparseflow.render, sparseflow.synthetic, sparseflow.schedule, sparseflow.routing")
+    stmt = "; ".join(f"import comfyui_sparseflow.sparseflow.{m}" for m in (
+        "cli", "calibrate", "masks", "reference", "telemetry", "render", "synthetic", "schedule", "routing"))
     assert _modules_after_import(stmt) == set()
 
 
 def test_kernels_and_ops_import_no_comfyui_module():
-    assert _modules_after_import("import sparseflow.ops, kernels") == set()
+    assert _modules_after_import("import comfyui_sparseflow.sparseflow.ops, comfyui_sparseflow.kernels") == set()
 
 
 def test_no_source_file_in_core_or_kernels_mentions_a_comfy_import():

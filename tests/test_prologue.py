@@ -15,9 +15,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from comfyui_sparseflow.sparseflow.prologue import norm_rope_qk, norm_rope_reference, prologue_reason  # noqa: E402
 from helpers import assert_close_report, rel_error  # noqa: E402
-
-from sparseflow.prologue import norm_rope_qk, norm_rope_reference, prologue_reason  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -63,7 +62,7 @@ def test_rotation_keeps_each_pair_norm_and_identity_table_is_plain_rmsnorm():
 
 
 def _kernel_case(batch, length, heads, head_dim, dtype, f_batch, strided=False, seed=0):
-    from kernels.norm_rope import norm_rope_qk as kernel
+    from comfyui_sparseflow.kernels.norm_rope import norm_rope_qk as kernel
 
     gen = torch.Generator().manual_seed(seed)
     c = heads * head_dim

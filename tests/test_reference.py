@@ -4,12 +4,11 @@ import random
 
 import pytest
 import torch
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import AttentionPlan, uniform_plan
+from comfyui_sparseflow.sparseflow.reference import dense_attention, reference_attention
 from helpers import assert_close_report
 from oracle import oracle_attention
-
-from sparseflow.geometry import Geometry
-from sparseflow.plan import AttentionPlan, uniform_plan
-from sparseflow.reference import dense_attention, reference_attention
 
 
 def _case(seed):
@@ -96,7 +95,7 @@ def test_pooled_linear_is_exact_when_segment_keys_are_equal():
     torch.manual_seed(5)
     g = Geometry(3, 4, 20)  # F = 80: segments (frame, 64-block) of sizes 64/16/48/32/...
     plan = uniform_plan(g, 1, route=2, block=64, linear_own_block=False)
-    from sparseflow.reference import segment_table
+    from comfyui_sparseflow.sparseflow.reference import segment_table
     seg = segment_table(g, 64).seg_of_token
     kseg = torch.randn(1, 1, int(seg.max()) + 1, 64, dtype=torch.float64)
     k = kseg[:, :, seg]

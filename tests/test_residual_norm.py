@@ -13,9 +13,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from comfyui_sparseflow.sparseflow.residual_norm import add_norm, add_norm_reason, add_norm_reference  # noqa: E402
 from helpers import assert_close_report  # noqa: E402
-
-from sparseflow.residual_norm import add_norm, add_norm_reason, add_norm_reference  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ULP = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
@@ -55,7 +54,7 @@ CASES = {
 
 
 def _kernel_case(case, batch, length, c, dtype, per_token=False, shared_rows=False, seed=0, channel_major=False):
-    from kernels.residual_norm import add_norm as kernel
+    from comfyui_sparseflow.kernels.residual_norm import add_norm as kernel
 
     has_y, has_gate, norm, affine, modulate = CASES[case]
     gen = torch.Generator().manual_seed(seed)
@@ -146,7 +145,7 @@ def test_op_reference_backend_and_errors_name_the_input():
 
 
 def test_ffn_gelu_epilogue_is_used_only_where_it_is_comfyuis_function():
-    from sparseflow.ffn import linear_gelu_reason
+    from comfyui_sparseflow.sparseflow.ffn import linear_gelu_reason
 
     lin, act = torch.nn.Linear(16, 32), torch.nn.GELU(approximate="tanh")
     x = torch.randn(2, 3, 16)
@@ -160,7 +159,7 @@ def test_ffn_gelu_epilogue_is_used_only_where_it_is_comfyuis_function():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: the GELU epilogue is cuBLASLt's")
 def test_ffn_gelu_epilogue_matches_comfyuis_linear_then_gelu_on_gpu():
     # Wan 2.1 1.3B FFN at the CFG shape: (2, 32760, 1536) -> 8960; bound: rel. error 1e-3 (fp16 rounding, ~4e-4 seen)
-    from sparseflow.ffn import linear_gelu, linear_gelu_reason
+    from comfyui_sparseflow.sparseflow.ffn import linear_gelu, linear_gelu_reason
 
     gen = torch.Generator().manual_seed(5)
     lin = torch.nn.Linear(1536, 8960).half().cuda()
@@ -178,7 +177,7 @@ def test_ffn_gelu_epilogue_matches_comfyuis_linear_then_gelu_on_gpu():
 def test_streams_over_32_bit_offsets_are_refused_with_the_reason():
     # a 14B 720p x 121f stream with a batch of 4 has 4 * 111600 * 5120 > 2**31 elements: the kernels' row
     # offsets are 32-bit, so those calls keep ComfyUI's own ops (a meta tensor: no memory is allocated)
-    from sparseflow import prologue
+    from comfyui_sparseflow.sparseflow import prologue
 
     x = torch.empty(4, 111600, 5120, device="meta", dtype=torch.float16)
     assert "32-bit offsets" in add_norm_reason(x, shift=x[:, :1], scale=x[:, :1])

@@ -7,8 +7,7 @@ import struct
 
 import pytest
 import torch
-
-from sparseflow.routing import (
+from comfyui_sparseflow.sparseflow.routing import (
     DEFAULT_ROUTING,
     DENSE,
     LINEAR,
@@ -21,7 +20,7 @@ from sparseflow.routing import (
     summary,
     with_overrides,
 )
-from sparseflow.routing_file import RoutingFileError, load_routing, save_routing
+from comfyui_sparseflow.sparseflow.routing_file import RoutingFileError, load_routing, save_routing
 
 LAYERS, HEADS = 6, 8
 

@@ -6,9 +6,8 @@ import struct
 import time
 
 import torch
-
-from sparseflow.routing import RoutingMap
-from sparseflow.routing_file import RoutingFileError, load_routing, save_routing
+from comfyui_sparseflow.sparseflow.routing import RoutingMap
+from comfyui_sparseflow.sparseflow.routing_file import RoutingFileError, load_routing, save_routing
 
 LAYERS, HEADS = 5, 7
 _DTYPES = ["I8", "U8", "I16", "U16", "I32", "I64", "F16", "BF16", "F32", "F64", "BOOL", "F8_E4M3", "i8", "", 8, None,

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-
-from sparseflow.schedule import (
+from comfyui_sparseflow.sparseflow.schedule import (
     DEFAULT_SCHEDULE,
     SCHEDULE_PRESETS,
     Keyframe,

@@ -4,9 +4,8 @@ import struct
 import zlib
 
 import torch
-
-from sparseflow.render import ROUTE_COLORS, routing_png
-from sparseflow.telemetry import CallRecord, RunTelemetry
+from comfyui_sparseflow.sparseflow.render import ROUTE_COLORS, routing_png
+from comfyui_sparseflow.sparseflow.telemetry import CallRecord, RunTelemetry
 
 
 def _rec(step, layer, window, pairs, routes=(1, 2), dense=False):

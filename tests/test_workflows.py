@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from browser.comfy_server import shared_server
 from comfy_env import REQUIRE_ENV, comfy_path, missing_reason
-
-from sparseflow.routing import parse_overrides
+from comfyui_sparseflow.sparseflow.routing import parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

@@ -10,9 +10,9 @@ imported, so `comfy/ldm/modules/attention.py` finds `sageattention` at import ti
 NORMAL_VRAM, and the native CUDA caching allocator (main.py's cuda_malloc switch is not run, so
 torch.cuda.max_memory_allocated stays exact).
 
-The pack's `nodes/` clashes with ComfyUI's top-level `nodes.py`, so the repository root is loaded as
-the package `SparseFlow` (as ComfyUI's custom-node loader does) and its nodes are reached as
-`SparseFlow.nodes.*`.
+The repository root is loaded as the package `comfyui_sparseflow` (tests/pack_package.py, the loader the tests
+use; as ComfyUI's custom-node loader does, by path) when this module is imported; its nodes are reached as
+`comfyui_sparseflow.nodes.*`, beside ComfyUI's own top-level `nodes.py`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ __all__ = ["REPO", "comfy_root", "import_comfy", "import_pack", "peers_site"]
 log = logging.getLogger("sparseflow.bench.e2e.boot")
 
 REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "SparseFlow"
+sys.path.insert(0, str(REPO / "tests"))
+load_pack_package = __import__("pack_package").load_pack_package
+load_pack_package()
 
 
 def comfy_root() -> Path:
@@ -102,14 +104,5 @@ def import_comfy(cpu: bool) -> SimpleNamespace:
 
 
 def import_pack() -> ModuleType:
-    """The repository root as package `SparseFlow` (sparseflow/ and kernels/ also stay importable top-level)."""
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # after ComfyUI's root: `nodes` must stay ComfyUI's nodes.py
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = pack
-    spec.loader.exec_module(pack)
-    return pack
+    """The repository root as package `comfyui_sparseflow` (loaded when this module was imported)."""
+    return load_pack_package()

@@ -20,10 +20,10 @@ __all__ = ["calibrate_routing"]
 def calibrate_routing(comfy, base_model, bench, latent: torch.Tensor, positive, negative, *, seed: int, cfg: float,
                       sampler: str, scheduler: str, steps: int, budget: float, backend: str, family: str):
     """Returns (RoutingMap, seconds, report text)."""
-    from sparseflow import ops
-    from sparseflow.calibrate import DEFAULT_CANDIDATES, choose_routes, head_errors
-    from sparseflow.geometry import geometry_from_latent
-    from sparseflow.routing import RoutingMap
+    from comfyui_sparseflow.sparseflow import ops
+    from comfyui_sparseflow.sparseflow.calibrate import DEFAULT_CANDIDATES, choose_routes, head_errors
+    from comfyui_sparseflow.sparseflow.geometry import geometry_from_latent
+    from comfyui_sparseflow.sparseflow.routing import RoutingMap
 
     geometry = geometry_from_latent(tuple(latent.shape))
     layers = bench.layers

@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-
-from sparseflow.calibrate import (
+from comfyui_sparseflow.sparseflow.calibrate import (
     DEFAULT_CANDIDATES,
     CalibrationResult,
     Candidate,
@@ -20,9 +19,9 @@ from sparseflow.calibrate import (
     choose_routes,
     head_errors,
 )
-from sparseflow.geometry import Geometry
-from sparseflow.plan import DENSE, LINEAR
-from sparseflow.routing import RoutingMap
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR
+from comfyui_sparseflow.sparseflow.routing import RoutingMap
 
 from .hooks import Capture
 

@@ -18,12 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-
-from sparseflow.geometry import geometry_from_latent
-from sparseflow.masks import density
-from sparseflow.routing import routing_preset
-from sparseflow.schedule import SCHEDULE_PRESETS, Keyframe, Schedule
-from sparseflow.synthetic import structured_qkv
+from comfyui_sparseflow.sparseflow.geometry import geometry_from_latent
+from comfyui_sparseflow.sparseflow.masks import density
+from comfyui_sparseflow.sparseflow.routing import routing_preset
+from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, Keyframe, Schedule
+from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
 
 from . import calib, timing
 from .data import latent_to_rgb

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from sparseflow.geometry import Geometry
-from sparseflow.plan import DENSE, SPARSE, AttentionPlan
-from sparseflow.reference import reference_attention
-from sparseflow.routing import RoutingMap
-from sparseflow.schedule import Keyframe, Schedule, StepParams
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import DENSE, SPARSE, AttentionPlan
+from comfyui_sparseflow.sparseflow.reference import reference_attention
+from comfyui_sparseflow.sparseflow.routing import RoutingMap
+from comfyui_sparseflow.sparseflow.schedule import Keyframe, Schedule, StepParams
 
 from .model import sdpa_override, to_half
 
@@ -34,7 +33,7 @@ FIXED = Schedule((Keyframe(0.0, 0, compensation=True),), name="fixed")  # calibr
 def op_attention() -> tuple[Callable[..., torch.Tensor], str]:
     """The public SparseFlow op (`sparseflow.ops.attention`, Triton on CUDA) or, until it exists, the reference."""
     try:
-        from sparseflow.ops import attention
+        from comfyui_sparseflow.sparseflow.ops import attention
     except ImportError as e:
         log.warning("sparseflow.ops not importable (%s): using sparseflow.reference.reference_attention", e)
 

@@ -14,11 +14,10 @@ import logging
 from collections.abc import Callable
 
 import torch
-
-from sparseflow.geometry import Geometry
-from sparseflow.plan import AttentionPlan
-from sparseflow.routing import RoutingMap
-from sparseflow.schedule import Schedule
+from comfyui_sparseflow.sparseflow.geometry import Geometry
+from comfyui_sparseflow.sparseflow.plan import AttentionPlan
+from comfyui_sparseflow.sparseflow.routing import RoutingMap
+from comfyui_sparseflow.sparseflow.schedule import Schedule
 
 from .hooks import plan_for
 
