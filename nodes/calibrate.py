@@ -16,8 +16,10 @@ from comfy_api.latest import io
 from ..sparseflow.calibrate import DEFAULT_CANDIDATES, ErrorTable, choose_routes, head_errors
 from ..sparseflow.plan import BLOCKS
 from ..sparseflow.routing import RoutingMap, routing_to_json
-from .hook import BLOCK_KEY, geometry_for, log_once, make_block_patch, sigma_lists, step_index
+from .context import BLOCK_KEY, geometry_for, sigma_lists, step_index
+from .hook import make_block_patch
 from .patch import wan_info
+from .report import log_once
 from .types import RoutingType, advanced, schema
 
 __all__ = ["SparseFlowCalibrate", "calibrate_model", "measured_steps"]

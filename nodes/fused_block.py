@@ -1,44 +1,31 @@
-"""Fused residual adds + LayerNorms of Wan blocks behind the SparseFlow patch: a per-model `block.forward` patch.
+"""Fused residual adds + LayerNorms of Wan blocks: the block body SparseFlow's `("dit", "double_block", i)` patch runs.
 
-Between its modules, ComfyUI's `WanAttentionBlock.forward` runs LayerNorm + modulation before self-attention
-and the FFN, LayerNorm before cross-attention and a (gated) residual add after each module: seven elementwise
-passes over the residual stream, running well below memory speed (docs/performance.md, "block adds + norms").
-With the patch option `fuse_block_norms`, each block's `forward` is replaced, through ComfyUI's own object
-patches (`ModelPatcher.add_object_patch`, undone when the model is unpatched), by `fused_block_forward`
-below: the same modules called the same way (so attention overrides, the fused prologue and LoRA-patched
-Linear layers all still apply), with each add and the norm after it done by `sparseflow.residual_norm`'s
-kernel in one pass (four launches per block instead of about ten kernels), and the FFN's first Linear + GELU as
-one cuBLASLt GEMM with a GELU epilogue where that Linear is a plain fp16/bf16 one (`sparseflow.ffn`).
-
-It replaces only a forward it knows: the source-token fingerprint of `type(block).forward` must be one in
-`KNOWN_BLOCK_FORWARDS`; other ComfyUI versions and block kinds keep their own forward, said once in the log.
-Per call, inputs the kernel does not take (CPU with the triton backend, fp32, LoRA functions on a norm)
-run ComfyUI's own forward, and a module output the kernel does not take runs ComfyUI's ops for that one
-add; both are counted in the run telemetry. Under torch.compile (TorchCompileModel) ComfyUI's own forward
-runs, since inductor fuses these passes itself.
+Between its modules, ComfyUI's `WanAttentionBlock.forward` runs LayerNorm + modulation before self-attention and the
+FFN, LayerNorm before cross-attention and a (gated) residual add after each module: seven elementwise passes over the
+residual stream (newest ComfyUI runs the two LayerNorm + modulation passes as comfy_kitchen's `adaln` on large CUDA
+inputs, still one pass each, the adds separate). With the patch option `fuse_block_norms`, SparseFlow's block patch
+(nodes/hook.py) runs the block body of the ComfyUI version the behaviour check matched (nodes/forwards/) with these
+`BlockOps`: each add and the norm after it in one `sparseflow.residual_norm` pass (four launches per block), the
+FFN's first Linear + GELU as one cuBLASLt GEMM with a GELU epilogue where that Linear is a plain fp16/bf16 one
+(`sparseflow.ffn`), and the block's own modules called as ComfyUI calls them (attention overrides, the fused QK
+prologue and LoRA-patched Linears all still apply). Per call, inputs the kernel does not take (CPU with the triton
+backend, fp32, LoRA functions on a norm) run ComfyUI's own block, and a module output it does not take runs ComfyUI's
+ops for that one add; both are counted in the run telemetry. Under torch.compile ComfyUI's own block runs, since
+inductor fuses these passes itself.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import torch
 
 from ..sparseflow import ffn, residual_norm
-from .prologue import call_state, norm_params, unknown_forward_reason
-from .state import SparseFlowState, log_once
+from ..sparseflow.telemetry import FUSED, REFERENCE
+from .prologue import norm_params
+from .report import log_once
 
-__all__ = ["KNOWN_BLOCK_FORWARDS", "ffn_forward", "fused_block_patches", "make_fused_block_forward"]
-
-log = logging.getLogger("sparseflow.nodes")
-
-# source-token fingerprints (nodes.prologue.forward_fingerprint) of the WanAttentionBlock.forward bodies mirrored
-KNOWN_BLOCK_FORWARDS = {
-    "93fc5b715007c426": "ComfyUI 0.3.64 (a125cd84): modulation + e (chunk / unbind), norm1 -> self_attn, addcmul, "
-                        "norm3 -> cross_attn, add, norm2 -> ffn, addcmul",
-}
-FUSED = "fused"
+__all__ = ["BlockOps", "block_ops", "ffn_forward", "modulation_rows", "run_block"]
 
 
 def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> tuple[tuple | None, str | None]:
@@ -57,92 +44,62 @@ def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> tuple[tuple | None, s
     return (w.to(x.dtype).contiguous(), b.to(x.dtype).contiguous(), float(norm.eps)), None
 
 
-def _backend(state: SparseFlowState, x: torch.Tensor) -> tuple[str | None, str | None]:
-    if state.config.backend == "reference":
-        return "reference", None
-    why = residual_norm.triton_reason(x)
-    return (None, f"fused block norms cannot run: {why}") if why else ("triton", None)
+class BlockOps:
+    """The fused passes of one block call on `backend` ("triton" or "reference" = ComfyUI's ops); a part the kernel
+    refuses runs ComfyUI's ops and its reason goes to `fallbacks`."""
 
+    def __init__(self, backend: str, eps1: float, eps2: float, norm3: tuple | None) -> None:
+        self.backend, self.eps1, self.eps2, self.norm3 = backend, eps1, eps2, norm3
+        self.fallbacks: list[str] = []
 
-def make_fused_block_forward(block: torch.nn.Module):
-    """A replacement for `block.forward` (a WanAttentionBlock of a known forward) with fused adds + norms."""
-    original = type(block).forward.__get__(block)
-    wan = sys.modules[type(block).__module__]
+    def _add_norm(self, s, y, gate, norm, weight=None, bias=None, shift=None, scale=None, eps=1e-6):
+        use = self.backend  # the stream, rows and norm weights were checked by run_block; the module outputs are new
+        if use == "triton" and y is not None and (bad := residual_norm.output_reason(s, y)) is not None:
+            self.fallbacks.append(f"one add: {bad}")
+            use = "reference"
+        return residual_norm.run_add_norm(s, y, gate, norm, weight, bias, shift, scale, eps, use)
 
-    def fused_block_forward(x, e, freqs, context, context_img_len=257, transformer_options={},  # noqa: B006
-                            **kwargs):
-        to = transformer_options
-        if torch.compiler.is_compiling():  # inductor fuses ComfyUI's own passes; no host work inside the trace
-            return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
-                            **kwargs)
-        state, why = call_state(to, kwargs)
-        backend = n1 = n2 = n3 = None
-        if why is None:
-            why = residual_norm.stream_reason(x)
-        if why is None:
-            backend, why = _backend(state, x)
-        if why is None:
-            n1, why = _layer_norm(block.norm1, x)
-        if why is None:
-            n2, why = _layer_norm(block.norm2, x)
-        if why is None and not isinstance(block.norm3, torch.nn.Identity):
-            n3, why = _layer_norm(block.norm3, x)
-        if why is None and (n1[0] is not None or n2[0] is not None):
-            why = "norm1 / norm2 have an affine weight (Wan's have none)"
-        if why is None:
-            mod = wan.comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
-            ee = (mod + e).chunk(6, dim=1) if e.ndim < 4 else (mod.unsqueeze(0) + e).unbind(2)
-            ee = [wan.repeat_e(t, x) for t in ee]
-            why = next((r for i, t in enumerate(ee) if (r := residual_norm.rows_reason(f"e[{i}]", t, x))), None)
-        if why is not None:
-            if isinstance(state, SparseFlowState):
-                state.telemetry.note_block_norms(why)
-            log_once(("block_norms", why), "SparseFlow: block adds + norms stay ComfyUI's own here: %s", why)
-            return original(x, e, freqs, context, context_img_len=context_img_len, transformer_options=to,
-                            **kwargs)
+    def norm1(self, x, shift, scale):
+        """LayerNorm(x) * (1 + scale) + shift (norm1, before self-attention)."""
+        return self._add_norm(x, None, None, True, shift=shift, scale=scale, eps=self.eps1)[1]
 
-        fallbacks = []  # telemetry kinds of the parts that ran ComfyUI's ops in this call
+    def norm2(self, x, shift, scale):
+        """LayerNorm(x) * (1 + scale) + shift (norm2, before the FFN)."""
+        return self._add_norm(x, None, None, True, shift=shift, scale=scale, eps=self.eps2)[1]
 
-        def add_norm(s, y, gate, norm, weight=None, bias=None, shift=None, scale=None, eps=1e-6):
-            # the stream, rows and norm weights are checked above; only the module outputs are new here
-            use = backend
-            if use == "triton" and y is not None and (bad := residual_norm.output_reason(s, y)) is not None:
-                fallbacks.append(f"one add: {bad}")  # ComfyUI's ops for this one add
-                use = "reference"
-            return residual_norm.run_add_norm(s, y, gate, norm, weight, bias, shift, scale, eps, use)
+    def add(self, x, y, gate=None):
+        """x + y * gate (x + y without a gate)."""
+        return self._add_norm(x, y, gate, False)[0]
 
-        # each module's input and output are dropped as soon as they are used, as ComfyUI's forward drops its
-        # temporaries: the same tensors are alive at each point, so the peak memory is ComfyUI's
-        _, h = add_norm(x, None, None, True, shift=ee[0], scale=ee[1], eps=n1[2])
+    def add_norm2(self, x, y, shift, scale):
+        """(x + y, norm2 of it, modulated)."""
+        return self._add_norm(x, y, None, True, shift=shift, scale=scale, eps=self.eps2)
+
+    def attentions(self, block, x, ee, freqs, context, context_img_len, to):
+        """norm1 -> self_attn -> gated add + norm3 -> cross_attn: (the stream, cross-attention's output). Each
+        module's input and output are dropped as soon as used, as ComfyUI's forward drops its temporaries."""
+        h = self.norm1(x, ee[0], ee[1])
         y = block.self_attn(h, freqs, transformer_options=to)
         del h
-        if n3 is None:  # norm3 is Identity (cross_attn_norm off)
-            x, _ = add_norm(x, y, ee[2], False)
-            h = x
+        if self.norm3 is None:  # norm3 is Identity (cross_attn_norm off)
+            x = h = self.add(x, y, ee[2])
         else:
-            x, h = add_norm(x, y, ee[2], True, n3[0], n3[1], eps=n3[2])
+            x, h = self._add_norm(x, y, ee[2], True, self.norm3[0], self.norm3[1], eps=self.norm3[2])
         del y
-        y = block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=to)
-        del h
-        x, h = add_norm(x, y, None, True, shift=ee[3], scale=ee[4], eps=n2[2])
-        del y
-        y = ffn_forward(block.ffn, h, backend, fallbacks)
-        del h
-        x, _ = add_norm(x, y, ee[5], False)
-        for kind in fallbacks:
-            state.telemetry.note_block_norms(kind)
-            log_once(("block_norms", kind), "SparseFlow: part of a block ran ComfyUI's ops: %s", kind)
-        state.telemetry.note_block_norms(FUSED)
-        return x
+        return x, block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=to)
 
-    fused_block_forward._sparseflow = True
-    return fused_block_forward
+    def feed_forward(self, block, x, h, gate):
+        """x + FFN(h) * gate."""
+        y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
+        del h
+        return self.add(x, y, gate)
 
 
 def ffn_forward(seq: torch.nn.Module, h: torch.Tensor, backend: str, fallbacks: list[str]) -> torch.Tensor:
     """Wan's FFN (Linear -> GELU(tanh) -> Linear) on h, the first two as one GEMM with a GELU epilogue where
-    `sparseflow.ffn` allows it (triton backend); otherwise the module itself, with the reason added to
-    `fallbacks`. Module level, so bench/e2e/timing.py can time it as the FFN."""
+    `sparseflow.ffn` allows it (triton backend); otherwise the module itself (newest ComfyUI's `WanFeedForward`
+    with its `linear_input_act`), with the reason added to `fallbacks`. Module level, so bench/e2e/timing.py can
+    time it as the FFN."""
     why_not = None if isinstance(seq, torch.nn.Sequential) and len(seq) == 3 else "the FFN is not Linear, GELU, Linear"
     if why_not is None and backend == "triton":
         why_not = ffn.linear_gelu_reason(seq[0], seq[1], h)
@@ -153,16 +110,55 @@ def ffn_forward(seq: torch.nn.Module, h: torch.Tensor, backend: str, fallbacks: 
     return seq(h)
 
 
-def fused_block_patches(dm: torch.nn.Module) -> tuple[dict[str, object], str | None]:
-    """Object patches {"diffusion_model.blocks.i.forward": fused forward} for every main block, or ({}, why not)
-    when a block's forward is not one SparseFlow mirrors. VACE blocks keep their own forward (theirs adds the
-    hint projections around the same body and calls it through the class, not the instance)."""
-    blocks = getattr(dm, "blocks", None) or ()
-    if not len(blocks):
-        return {}, "the diffusion model has no blocks"
-    patches: dict[str, object] = {}
-    for i, block in enumerate(blocks):
-        if why := unknown_forward_reason(type(block), KNOWN_BLOCK_FORWARDS, "fused block norms mirror"):
-            return {}, why
-        patches[f"diffusion_model.blocks.{i}.forward"] = make_fused_block_forward(block)
-    return patches, None
+def modulation_rows(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
+    """The block's six modulation rows (shift, scale, gate for self-attention; the same for the FFN), as both
+    supported ComfyUI forwards make them (`modulation + e`, chunked or unbound, `repeat_e` to the stream)."""
+    wan = sys.modules[type(block).__module__]
+    mod = wan.comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
+    ee = (mod + e).chunk(6, dim=1) if e.ndim < 4 else (mod.unsqueeze(0) + e).unbind(2)
+    return [wan.repeat_e(t, x) for t in ee]
+
+
+def block_ops(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor,
+              backend: str) -> tuple[BlockOps | None, list | None, str | None]:
+    """(ops, modulation rows, None) for one block call on `backend`, or (None, None, why ComfyUI's block runs)."""
+    why = residual_norm.stream_reason(x)
+    n1 = n2 = n3 = None
+    if why is None:
+        n1, why = _layer_norm(block.norm1, x)
+    if why is None:
+        n2, why = _layer_norm(block.norm2, x)
+    if why is None and not isinstance(block.norm3, torch.nn.Identity):
+        n3, why = _layer_norm(block.norm3, x)
+    if why is None and (n1[0] is not None or n2[0] is not None):
+        why = "norm1 / norm2 have an affine weight (Wan's have none)"
+    if why is not None:
+        return None, None, why
+    ee = modulation_rows(block, x, e)
+    why = next((r for i, t in enumerate(ee) if (r := residual_norm.rows_reason(f"e[{i}]", t, x))), None)
+    return (None, None, why) if why else (BlockOps(backend, n1[2], n2[2], n3), ee, None)
+
+
+def run_block(version, block, args: dict, context_img_len, run, original) -> dict:
+    """One call of SparseFlow's block patch: the matched version's body with fused passes (or ComfyUI's block,
+    `original(args)`, where an input is one the kernel does not take), noted in the run's telemetry."""
+    x, to = args["img"], args["transformer_options"]
+    backend, why = "reference", None
+    if run.config.backend != "reference":
+        backend = "triton"
+        if (reason := residual_norm.triton_reason(x)) is not None:
+            why = f"fused block norms cannot run: {reason}"
+    ops = ee = None
+    if why is None:
+        ops, ee, why = block_ops(block, x, args["vec"], backend)
+    tel = run.telemetry
+    if why is not None:
+        tel.note_block_norms(why)
+        log_once(("block_norms", why), "SparseFlow: block adds + norms stay ComfyUI's own here: %s", why)
+        return original(args)
+    out = version.block_body(block, x, ee, args["pe"], args["txt"], context_img_len, to, ops)
+    tel.note_block_norms(FUSED if backend == "triton" else REFERENCE)
+    for kind in ops.fallbacks:
+        tel.note_block_norms(kind)
+        log_once(("block_norms", kind), "SparseFlow: part of a block ran ComfyUI's ops: %s", kind)
+    return {"img": out}

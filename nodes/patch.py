@@ -16,18 +16,9 @@ from comfy_api.latest import io
 from ..sparseflow.plan import BLOCKS, LINEAR_KINDS
 from ..sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
 from ..sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
-from .fused_block import fused_block_patches
-from .hook import (
-    SPARSEFLOW_KEY,
-    PatchConfig,
-    SparseFlowState,
-    diffusion_model_wrapper,
-    make_block_patch,
-    make_override,
-    on_cleanup,
-    on_prepare_state,
-    unwrap_previous,
-)
+from .config import SPARSEFLOW_KEY, PatchConfig
+from .hook import diffusion_model_wrapper, make_block_patch, on_prepare_state, outer_sample_wrapper
+from .override import OVERRIDE_KEY, SparseFlowOverride, unwrap_previous
 from .prologue import fused_forward_patches
 from .types import RoutingType, ScheduleType, advanced, schema
 
@@ -120,13 +111,14 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
                      fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
-    Installs, under the key "sparseflow": the state in transformer_options, the attention override (chained
-    onto any existing one), a DIFFUSION_MODEL wrapper, per-block index patches and ON_PREPARE_STATE /
-    ON_CLEANUP callbacks. Patching a patched model replaces the earlier SparseFlow patch. With
-    `fuse_qk_norm_rope`, each block's self_attn.forward is an object patch running the fused QK-norm + RoPE
-    prologue (nodes/prologue.py) where ComfyUI's forward is one it mirrors; otherwise the log says why not.
-    With `fuse_block_norms`, each block's forward is one running its residual adds + LayerNorms fused
-    (nodes/fused_block.py), on the same terms.
+    Installs, under the key "sparseflow": the frozen config in transformer_options, the attention override (chained
+    onto any existing one), OUTER_SAMPLE (per-run state) and DIFFUSION_MODEL (per-call context) wrappers, per-block
+    replace patches (block index, fused block body) and an ON_PREPARE_STATE callback. Patching a patched model
+    replaces the earlier SparseFlow patch. With `fuse_qk_norm_rope`, each block's self_attn.forward is an object patch
+    running the fused QK-norm + RoPE prologue (nodes/prologue.py); with `fuse_block_norms`, the block patches run
+    each block's residual adds + LayerNorms fused (nodes/fused_block.py). Both follow the ComfyUI forward a behaviour
+    check matches at the first model call (nodes/forwards/); where none matches, ComfyUI's own code runs and the log
+    and the run summary say why.
     """
     import comfy.patcher_extension as pe
 
@@ -147,46 +139,44 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
-    to[SPARSEFLOW_KEY] = SparseFlowState(config)
-    to["optimized_attention_override"] = make_override(unwrap_previous(to.get("optimized_attention_override")))
+    to[SPARSEFLOW_KEY] = config
+    to[OVERRIDE_KEY] = SparseFlowOverride(unwrap_previous(to.get(OVERRIDE_KEY)))
     dit = to.get("patches_replace", {}).get("dit", {})
     for i in range(info.layers):
         m.set_model_patch_replace(make_block_patch(i, unwrap_previous(dit.get(("double_block", i)))),
                                   "dit", "double_block", i)
-    m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, SPARSEFLOW_KEY)
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, SPARSEFLOW_KEY, diffusion_model_wrapper)
-    for call_type, fn in ((pe.CallbacksMP.ON_PREPARE_STATE, on_prepare_state), (pe.CallbacksMP.ON_CLEANUP, on_cleanup)):
+    for kind, fn in ((pe.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+                     (pe.WrappersMP.DIFFUSION_MODEL, diffusion_model_wrapper)):
+        m.remove_wrappers_with_key(kind, SPARSEFLOW_KEY)
+        m.add_wrapper_with_key(kind, SPARSEFLOW_KEY, fn)
+    for call_type in (pe.CallbacksMP.ON_PREPARE_STATE, pe.CallbacksMP.ON_CLEANUP):
         m.remove_callbacks_with_key(call_type, SPARSEFLOW_KEY)
-        m.add_callback_with_key(call_type, SPARSEFLOW_KEY, fn)
-    _set_forward_patches(m, bool(fuse_qk_norm_rope), bool(fuse_block_norms))
+    m.add_callback_with_key(pe.CallbacksMP.ON_PREPARE_STATE, SPARSEFLOW_KEY, on_prepare_state)
+    _set_forward_patches(m, bool(fuse_qk_norm_rope))
     log.info("SparseFlow: patched %s (%s, %dx%d heads), schedule %s, %s, backend %s", info.config_name,
              info.family, info.layers, info.heads, sched.name, summary(rmap), backend)
     return m
 
 
-def _set_forward_patches(m, fuse_qk: bool, fuse_blocks: bool) -> None:
-    """Install (or, patching again with an option off, remove) the fused forward object patches: QK-norm + RoPE
-    (self_attn.forward) and block adds + norms (block forward)."""
+def _set_forward_patches(m, fuse_qk: bool) -> None:
+    """Install (or, patching again with the option off, remove) the fused QK-norm + RoPE object patches
+    (self_attn.forward of every block)."""
     for key in [k for k, v in m.object_patches.items() if getattr(v, "_sparseflow", False)]:
         del m.object_patches[key]
-    dm = m.get_model_object("diffusion_model")
-    for on, make, what in ((fuse_qk, fused_forward_patches, "QK-norm + RoPE stay"),
-                           (fuse_blocks, fused_block_patches, "block adds + norms stay")):
-        if not on:
-            continue
-        patches, why = make(dm)
-        if why is not None:
-            log.warning("SparseFlow: %s ComfyUI's own: %s", what, why)
-        for key, fn in patches.items():
-            m.add_object_patch(key, fn)
+    if not fuse_qk:
+        return
+    patches, why = fused_forward_patches(m.get_model_object("diffusion_model"))
+    if why is not None:
+        log.warning("SparseFlow: QK-norm + RoPE stay ComfyUI's own: %s", why)
+    for key, fn in patches.items():
+        m.add_object_patch(key, fn)
 
 
 def patch_text(model) -> str:
     """The Patch node's UI line: model, schedule over 10 steps, routing."""
-    state: SparseFlowState = model.model_options["transformer_options"][SPARSEFLOW_KEY]
-    cfg = state.config
+    cfg: PatchConfig = model.model_options["transformer_options"][SPARSEFLOW_KEY]
     steps = describe(cfg.schedule, 10)
-    windows = " ".join("D" if s.dense else str(s.window if cfg.window < 0 else cfg.window) for s in steps)
+    windows = " ".join("D" if s.dense else str(cfg.window_at(s)) for s in steps)
     return (f"{cfg.model_type} {cfg.family} {cfg.layers}x{cfg.heads}; window per step (10 steps, D = dense): "
             f"{windows}; {summary(cfg.routing)}; backend {cfg.backend}")
 
@@ -262,7 +252,7 @@ class SparseFlowPatch(io.ComfyNode):
                                    block=int(block_size), overrides=routing_overrides,
                                    node_id=None if node_id is None else str(node_id),
                                    fuse_qk_norm_rope=fuse_qk_norm_rope, fuse_block_norms=fuse_block_norms)
-        rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].config.routing
+        rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].routing
         base = resolve_routing(routing, "{}", wan_info(model))
         return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap, base)],
                                           "text": [patch_text(patched)]})

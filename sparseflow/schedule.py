@@ -31,6 +31,7 @@ __all__ = [
     "schedule_from_json",
     "schedule_preset",
     "schedule_to_json",
+    "slice_offset",
 ]
 
 log = logging.getLogger("sparseflow.schedule")
@@ -187,6 +188,27 @@ def progress_from_sigmas(sigma: float, sample_sigmas: Sequence[float] | torch.Te
         s0, s_last = sigmas[0], sigmas[-1]
         p = 0.0 if s0 == s_last else (s0 - s) / (s0 - s_last)
     return min(1.0, max(0.0, p))
+
+
+def slice_offset(part: Sequence[float], full: Sequence[float], rel_tol: float = 1e-4) -> int | None:
+    """Where the sampler's sigmas `part` sit in a whole run's sigmas `full`, or None when they are not a slice of it.
+
+    `part` (n + 1 sigmas, n >= 1) is a slice `full[a : a + n + 1]` of the whole run, as KSamplerAdvanced's
+    start/end steps and a denoise below 1 cut it (ComfyUI `KSampler.sample`); its last sigma may also be 0 where
+    `full` holds more (KSamplerAdvanced's "return with leftover noise" off). Returns the smallest such a.
+    """
+    part, full = [float(s) for s in part], [float(s) for s in full]
+    n = len(part) - 1
+    if n < 1 or len(full) < len(part):
+        return None
+
+    def same(x: float, y: float) -> bool:
+        return abs(x - y) <= rel_tol * max(abs(x), abs(y), 1e-8)
+
+    for a in range(len(full) - n):
+        if all(same(part[i], full[a + i]) for i in range(n)) and (same(part[n], full[a + n]) or part[n] == 0.0):
+            return a
+    return None
 
 
 # Windows are in latent frames (one latent frame = 4 video frames for Wan). The method: sparser early, denser late.

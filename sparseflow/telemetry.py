@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CallRecord", "RunTelemetry"]
+__all__ = ["FUSED", "REFERENCE", "CallRecord", "RunTelemetry"]
+
+FUSED = "fused"  # a fused pass ran its kernel
+REFERENCE = "reference"  # a fused pass ran SparseFlow's PyTorch reference of it (same math, no kernel)
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,16 @@ class RunTelemetry:
 
     calls: list[CallRecord] = field(default_factory=list)
     passthrough: dict[str, int] = field(default_factory=dict)
-    prologue: dict[str, int] = field(default_factory=dict)  # "fused" or why ComfyUI's QK-norm + RoPE ran -> calls
-    block_norms: dict[str, int] = field(default_factory=dict)  # "fused" or why a block's own adds + norms ran
+    prologue: dict[str, int] = field(default_factory=dict)  # FUSED, REFERENCE or why ComfyUI's QK-norm + RoPE ran
+    block_norms: dict[str, int] = field(default_factory=dict)  # FUSED, REFERENCE or why a block's own passes ran
+    forward: str = ""  # which ComfyUI Wan forward the fused passes mirror (or why none), said in the summary
 
     def reset(self) -> None:
         self.calls.clear()
         self.passthrough.clear()
         self.prologue.clear()
         self.block_norms.clear()
+        self.forward = ""
 
     def note_prologue(self, kind: str) -> None:
         self.prologue[kind] = self.prologue.get(kind, 0) + 1
@@ -105,6 +110,15 @@ class RunTelemetry:
             text += "; passed to ComfyUI attention: " + ", ".join(f"{k} x{v}" for k, v in self.passthrough.items())
         for label, counts in (("QK-norm + RoPE", self.prologue), ("block adds + norms", self.block_norms)):
             if counts:
-                text += f"; {label}: " + ", ".join(
-                    ("fused" if k == "fused" else f"ComfyUI's own ({k})") + f" x{v}" for k, v in counts.items())
+                text += f"; {label}: " + ", ".join(f"{_pass_kind(k)} x{v}" for k, v in counts.items())
+        if self.forward and (self.prologue or self.block_norms):
+            text += f" ({self.forward})"
         return text
+
+
+def _pass_kind(kind: str) -> str:
+    if kind == FUSED:
+        return "fused"
+    if kind == REFERENCE:
+        return "SparseFlow's PyTorch reference (no kernel)"
+    return f"ComfyUI's own ({kind})"

@@ -1,6 +1,7 @@
-"""Fused block adds + norms inside real ComfyUI Wan models (CPU): same result as ComfyUI's own block forward,
-the Triton kernel itself (interpreter) inside the model, per-call fallbacks said in the telemetry, unknown
-ComfyUI forwards left alone, object patches removed when switched off.
+"""Fused block adds + norms inside real ComfyUI Wan models (CPU), on the ComfyUI tree under test: the block patch runs
+the matched version's block body with ComfyUI's result, the Triton kernel itself (interpreter) inside the model,
+newest ComfyUI's attn1/attn2 patches still called where ComfyUI calls them, per-call fallbacks said in the telemetry,
+a block no version matches left alone.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ import torch
 if not torch.cuda.is_available():  # before ComfyUI (which imports triton) is imported by the fixtures
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from comfy_env import comfy, requires_comfy  # noqa: F401  (comfy is a fixture)
-from test_nodes_common import PACKAGE, last_run, pack, patch_small, sample_big, tiny_models  # noqa: F401
+from test_nodes_common import (  # noqa: F401
+    PACKAGE,
+    expected_forward,
+    fresh_forward_checks,
+    last_run,
+    pack,
+    patch_small,
+    sample_big,
+    tiny_models,
+)
 
 pytestmark = requires_comfy
 
 STEPS = 2
-BLOCK_KEY = "diffusion_model.blocks.{}.forward"
-ATTN_KEY = "diffusion_model.blocks.{}.self_attn.forward"
-
-
-def _block_module():
-    return importlib.import_module(f"{PACKAGE}.nodes.fused_block")
 
 
 def _sample(comfy, model, variant=tw.WAN21_T2V, batch=1):  # noqa: F811
@@ -36,37 +40,35 @@ def _sample(comfy, model, variant=tw.WAN21_T2V, batch=1):  # noqa: F811
 _patch, _last = patch_small, last_run
 
 
-def _sparseflow_keys(model) -> list[str]:
-    return sorted(k for k, v in model.object_patches.items() if getattr(v, "_sparseflow", False))
+def _reference_positional(x, y, gate, norm, weight, bias, shift, scale, eps):
+    from comfyui_sparseflow.sparseflow.residual_norm import add_norm_reference
+
+    return add_norm_reference(x, y, gate, norm=norm, weight=weight, bias=bias, shift=shift, scale=scale, eps=eps)
 
 
-def test_installed_comfyui_block_is_mirrored_and_each_option_sets_its_own_patches(pack, tiny_models):  # noqa: F811
-    model = tiny_models[tw.WAN21_T2V]
-    block_cls = type(model.get_model_object("diffusion_model").blocks[0])
-    fingerprint = importlib.import_module(f"{PACKAGE}.nodes.prologue").forward_fingerprint
-    assert fingerprint(block_cls) in _block_module().KNOWN_BLOCK_FORWARDS
-    both = _patch(pack, model)
-    assert _sparseflow_keys(both) == sorted([BLOCK_KEY.format(i) for i in range(2)]
-                                            + [ATTN_KEY.format(i) for i in range(2)])
-    assert not _sparseflow_keys(model)
-    blocks_only = _patch(pack, both, fuse_qk_norm_rope=False)
-    assert _sparseflow_keys(blocks_only) == [BLOCK_KEY.format(i) for i in range(2)]
-    attn_only = _patch(pack, both, fuse_block_norms=False)
-    assert _sparseflow_keys(attn_only) == [ATTN_KEY.format(i) for i in range(2)]
-    assert not _sparseflow_keys(_patch(pack, both, fuse_block_norms=False, fuse_qk_norm_rope=False))
+def _triton_is_comfyuis_ops(monkeypatch):
+    """The block kernel's "triton" path stood in for by ComfyUI's ops (the CPU has no kernel to run)."""
+    from comfyui_sparseflow.sparseflow import residual_norm
+
+    monkeypatch.setattr(residual_norm, "triton_reason", lambda x=None: None)
+    monkeypatch.setattr(residual_norm, "_triton_fn", lambda: _reference_positional)
 
 
 @pytest.mark.parametrize("variant,batch", [(tw.WAN21_T2V, 2), (tw.WAN21_I2V, 1), (tw.WAN22_TI2V_5B, 1),
                                            (tw.WAN21_VACE, 1)])
 def test_fused_blocks_give_comfyuis_result_and_are_counted(comfy, pack, tiny_models, variant, batch):  # noqa: F811
     model = tiny_models[variant]
-    own = _sample(comfy, _patch(pack, model, fuse_block_norms=False), variant, batch)
+    own_model = _patch(pack, model, fuse_block_norms=False)
+    own = _sample(comfy, own_model, variant, batch)
+    assert _last(pack, own_model).block_norms == {}  # off: ComfyUI's own block, nothing noted
     fused_model = _patch(pack, model)
     fused = _sample(comfy, fused_model, variant, batch)
     torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-5)
     tel = _last(pack, fused_model)
-    assert tel.block_norms == {"fused": STEPS * 2}, tel.block_norms  # main blocks only; VACE blocks keep theirs
-    assert f"block adds + norms: fused x{STEPS * 2}" in tel.summary()
+    assert tel.block_norms == {"reference": STEPS * 2}, tel.block_norms  # main blocks only; VACE blocks keep theirs
+    assert f"block adds + norms: SparseFlow's PyTorch reference (no kernel) x{STEPS * 2}" in tel.summary()
+    assert not any(getattr(v, "_sparseflow", False) and k.endswith("blocks.0.forward")
+                   for k, v in fused_model.object_patches.items())  # a replace patch, no block object patch
 
 
 def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
@@ -74,7 +76,6 @@ def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, mon
     pytest.importorskip("triton")
     from comfyui_sparseflow.sparseflow import residual_norm
 
-    mod = _block_module()
     model = tiny_models[tw.WAN21_T2V]
     own = _sample(comfy, _patch(pack, model, fuse_block_norms=False))
     calls = []
@@ -86,11 +87,16 @@ def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, mon
         return real(*args)
 
     monkeypatch.setattr(residual_norm, "_triton_fn", lambda: counting)
-    monkeypatch.setattr(mod, "_backend", lambda state, x: ("triton", None))
-    out = _sample(comfy, _patch(pack, model))
+    monkeypatch.setattr(residual_norm, "triton_reason", lambda x=None: None)
+    patched = _patch(pack, model, backend="auto")
+    out = _sample(comfy, patched)
     # per block call: norm1, add + norm3, add + norm2, add: four launches
     assert calls == [(False, True), (True, True), (True, True), (True, False)] * (STEPS * 2)
     torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
+    tel = _last(pack, patched)
+    gelu_cpu = "FFN GELU unfused: input on cpu (the GELU epilogue is cuBLASLt's)"
+    assert tel.block_norms == {"fused": STEPS * 2, gelu_cpu: STEPS * 2}
+    assert f"block adds + norms: fused x{STEPS * 2}" in tel.summary()
 
 
 def test_auto_backend_on_cpu_keeps_comfyuis_block_and_says_why(comfy, pack, tiny_models, caplog):  # noqa: F811
@@ -100,7 +106,7 @@ def test_auto_backend_on_cpu_keeps_comfyuis_block_and_says_why(comfy, pack, tiny
     own = _sample(comfy, _patch(pack, model, fuse_block_norms=False, backend="auto"))
     patched = _patch(pack, model, backend="auto")
     reason = "fused block norms cannot run: no CUDA device"
-    importlib.import_module(f"{PACKAGE}.nodes.state")._logged.discard(("block_norms", reason))  # once a process
+    importlib.import_module(f"{PACKAGE}.nodes.report")._logged.discard(("block_norms", reason))  # once a process
     with caplog.at_level(logging.INFO, logger="sparseflow.nodes"):
         out = _sample(comfy, patched)
     torch.testing.assert_close(out, own, rtol=0, atol=0)
@@ -116,9 +122,7 @@ def test_a_module_output_the_kernel_does_not_take_runs_comfyuis_ops_for_that_add
     model = tiny_models[tw.WAN21_T2V]
     own = _sample(comfy, _patch(pack, model, fuse_block_norms=False))
     real_reason = residual_norm.output_reason
-    mod = _block_module()
-    monkeypatch.setattr(mod, "_backend", lambda state, x: ("triton", None))
-    monkeypatch.setattr(residual_norm, "_triton_fn", lambda: _reference_positional)  # "triton" = ComfyUI's ops
+    _triton_is_comfyuis_ops(monkeypatch)
     outputs = []
 
     def reason(x, y):  # per block the outputs of self_attn, cross_attn, ffn come in that order: the FFN's refused
@@ -128,7 +132,7 @@ def test_a_module_output_the_kernel_does_not_take_runs_comfyuis_ops_for_that_add
         return real_reason(x, y)
 
     monkeypatch.setattr(residual_norm, "output_reason", reason)
-    patched = _patch(pack, model)
+    patched = _patch(pack, model, backend="auto")
     out = _sample(comfy, patched)
     torch.testing.assert_close(out, own, rtol=1e-5, atol=1e-5)
     gelu_cpu = "FFN GELU unfused: input on cpu (the GELU epilogue is cuBLASLt's)"  # said, like every fallback
@@ -136,33 +140,65 @@ def test_a_module_output_the_kernel_does_not_take_runs_comfyuis_ops_for_that_add
                                                 gelu_cpu: STEPS * 2, "fused": STEPS * 2}
 
 
-def _reference_positional(x, y, gate, norm, weight, bias, shift, scale, eps):
-    from comfyui_sparseflow.sparseflow.residual_norm import add_norm_reference
+def test_attn1_and_attn2_patches_run_where_this_comfyui_runs_them(comfy, pack, tiny_models):  # noqa: F811
+    """Newest ComfyUI calls attn1_patch after self-attention and attn2_patch after the cross-attention add; 0.3.64's
+    Wan calls neither. With both fusions on, the patches see what ComfyUI's own forwards give them."""
+    newest = expected_forward(comfy).NAME.startswith("ComfyUI newest")
 
-    return add_norm_reference(x, y, gate, norm=norm, weight=weight, bias=bias, shift=shift, scale=scale, eps=eps)
+    def patched_with_hooks(**kw):
+        seen = {"attn1": [], "attn2": []}
+        m = _patch(pack, tiny_models[tw.WAN21_T2V], **kw)
+        m.set_model_attn1_patch(lambda a: seen["attn1"].append(tuple(a["q"].shape)) or a["x"] * 1.5)
+        m.set_model_attn2_patch(lambda a: seen["attn2"].append(tuple(a["x"].shape)) or a["x"] * 0.75)
+        return m, seen
+
+    own_model, own_seen = patched_with_hooks(fuse_block_norms=False, fuse_qk_norm_rope=False)
+    own = _sample(comfy, own_model)
+    fused_model, fused_seen = patched_with_hooks()
+    fused = _sample(comfy, fused_model)
+    calls = STEPS * 2 if newest else 0
+    assert len(own_seen["attn1"]) == len(own_seen["attn2"]) == calls
+    assert fused_seen == own_seen  # same calls, same shapes (q as (b, s, n, d))
+    torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-5)
+    tel = _last(pack, fused_model)
+    assert tel.block_norms == {"reference": STEPS * 2} and tel.prologue == {"reference": STEPS * 2}
 
 
-def test_a_comfyui_block_sparseflow_does_not_know_is_left_alone(pack, tiny_models, monkeypatch, caplog):  # noqa: F811
-    monkeypatch.setattr(_block_module(), "KNOWN_BLOCK_FORWARDS", {})
+def test_a_comfyui_block_that_does_something_else_is_left_alone(comfy, pack, monkeypatch, caplog,  # noqa: F811
+                                                                tmp_path):
+    model = tw.load_tiny_wan(comfy, tw.WAN21_T2V, tmp_path)  # never patched: no forward bound on its instances
+    block_cls = type(model.get_model_object("diffusion_model").blocks[0])
+    real_forward = block_cls.forward
+
+    def changed(self, x, *args, **kwargs):  # a ComfyUI update that adds to the residual stream
+        return real_forward(self, x, *args, **kwargs) + 0.25
+
+    monkeypatch.setattr(block_cls, "forward", changed)
+    fresh_forward_checks(monkeypatch)
+    own = _sample(comfy, _patch(pack, model, fuse_block_norms=False))
+    patched = _patch(pack, model)
     with caplog.at_level(logging.WARNING, logger="sparseflow.nodes"):
-        patched = _patch(pack, tiny_models[tw.WAN21_T2V])
-    assert _sparseflow_keys(patched) == [ATTN_KEY.format(i) for i in range(2)]  # the prologue is still fused
-    assert "is not one SparseFlow's fused block norms mirror" in caplog.text
-    assert "block adds + norms stay ComfyUI's own" in caplog.text
+        out = _sample(comfy, patched)
+    torch.testing.assert_close(out, own, rtol=0, atol=0)
+    assert "block adds + norms stay ComfyUI's own: ComfyUI's block forward does what no supported" in caplog.text
+    tel = _last(pack, patched)
+    (reason, count), = tel.block_norms.items()
+    assert count == STEPS * 2 and "another result" in reason
+    assert tel.prologue == {"reference": STEPS * 2}  # the prologue's own check still matches: it stays fused
 
 
 def test_bench_breakdown_times_the_fused_ffn_as_the_ffn(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
     """bench/e2e/timing.py: with the GELU epilogue the `ffn` module's forward never runs; its time must still be
-    the FFN's, not "rest" (the GPU path stood in for on the CPU by the same function in PyTorch)."""
+    the FFN's, not "rest" (the GPU path stood in for on the CPU by the same function in PyTorch); on the newest tree
+    the attention hook sees containers."""
     import comfy.ldm.wan.model as wan_model
     import torch.nn.functional as F
-    from comfyui_sparseflow.sparseflow import ffn, residual_norm
+    from comfyui_sparseflow.sparseflow import ffn
 
     from bench.e2e.timing import Breakdown
 
-    mod = _block_module()
-    monkeypatch.setattr(mod, "_backend", lambda state, x: ("triton", None))
-    monkeypatch.setattr(residual_norm, "_triton_fn", lambda: _reference_positional)
+    mod = importlib.import_module(f"{PACKAGE}.nodes.fused_block")
+    _triton_is_comfyuis_ops(monkeypatch)
     monkeypatch.setattr(ffn, "linear_gelu_reason", lambda linear, act, x: None)
     used = []
 
@@ -171,7 +207,7 @@ def test_bench_breakdown_times_the_fused_ffn_as_the_ffn(comfy, pack, tiny_models
         return F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
     monkeypatch.setattr(ffn, "linear_gelu", gelu_in_torch)
-    patched = _patch(pack, tiny_models[tw.WAN21_T2V])
+    patched = _patch(pack, tiny_models[tw.WAN21_T2V], backend="auto")
     dm = patched.get_model_object("diffusion_model")
     module_calls = []
     handles = [b.ffn.register_forward_hook(lambda m, a, o: module_calls.append(1)) for b in dm.blocks]
@@ -185,5 +221,5 @@ def test_bench_breakdown_times_the_fused_ffn_as_the_ffn(comfy, pack, tiny_models
     calls = bd.per_call()
     assert len(calls) == STEPS
     for c in calls:
-        assert c["ffn"] > 0 and c["rest"] >= 0, c
+        assert c["ffn"] > 0 and c["rest"] >= 0 and c["self_attention"] > 0 and c["cross_attention"] > 0, c
     assert mod.ffn_forward.__name__ == "ffn_forward"  # restored on exit

@@ -31,17 +31,17 @@ def test_torch_compile_model_node_keeps_a_patched_model_working(comfy, pack, tin
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule_preset("balanced"),
                                           routing=routing_preset("alternating", 2, 2), backend="reference", block=64)
     eager = _sample(comfy, patched)
-    eager_calls = len(patched.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY].last.calls)
+    eager_calls = len(pack.run.last_run(patched).telemetry.calls)
     compiled = TorchCompileModel.execute(patched, "inductor").result[0]
     t0 = time.perf_counter()
     out = _sample(comfy, compiled)
     print(f"\nTorchCompileModel (inductor, CPU) on the patched tiny Wan: {time.perf_counter() - t0:.1f} s with compile")
-    state = compiled.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
-    assert state.last is not None and len(state.last.calls) == eager_calls > 0
-    assert state.last.backends() == ["reference"]
+    last = pack.run.last_run(compiled).telemetry
+    assert len(last.calls) == eager_calls > 0
+    assert last.backends() == ["reference"]
     # under compile the per-call counters are not written (a write would put them under the graph's guards):
     # the records come from each model call's plans, made outside the trace
-    assert state.last.prologue == {} and state.last.passthrough == {}
+    assert last.prologue == {} and last.passthrough == {}
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
 
 
@@ -73,8 +73,8 @@ def test_compiled_patched_model_does_not_recompile_when_the_schedule_window_chan
     graphs = _graphs_per_run(comfy, compiled, (1, 6))
     windows = {s.window for s in describe(schedule_preset("balanced"), 6)}
     assert windows == {0, 1, 2}
-    state = compiled.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
-    assert sorted({c.window for c in state.last.calls}) == [0, 1, 2] and len(state.last.calls) == 6 * 2
+    last = pack.run.last_run(compiled).telemetry
+    assert sorted({c.window for c in last.calls}) == [0, 1, 2] and len(last.calls) == 6 * 2
     assert graphs[6] == graphs[1], f"recompiled as the window changed: {graphs}"
 
 

@@ -14,7 +14,7 @@ from comfyui_sparseflow.sparseflow.reference import reference_attention
 from comfyui_sparseflow.sparseflow.routing import routing_preset
 from comfyui_sparseflow.sparseflow.schedule import describe, schedule_preset
 from helpers import assert_close_report
-from test_nodes_common import BIG, FRAMES, HEIGHT, WIDTH, model_snapshot, pack, tiny_models  # noqa: F401
+from test_nodes_common import BIG, FRAMES, HEIGHT, WIDTH, last_run, model_snapshot, pack, tiny_models  # noqa: F401
 
 pytestmark = requires_comfy
 
@@ -32,8 +32,8 @@ def _sample(comfy, model, variant, shape=(FRAMES, HEIGHT, WIDTH), batch=1, steps
                                disable_pbar=True, seed=seed, callback=callback)
 
 
-def _state(pack, model):  # noqa: F811
-    return model.model_options["transformer_options"][pack.hook.SPARSEFLOW_KEY]
+def _last(pack, model):  # noqa: F811
+    return last_run(pack, model)
 
 
 def test_patching_leaves_the_input_model_unchanged(comfy, pack, tiny_models):  # noqa: F811
@@ -63,7 +63,7 @@ def test_all_dense_routing_matches_unpatched_model_bit_for_bit(comfy, pack, tiny
     patched = pack.patch.apply_sparseflow(model, backend="reference", block=64, fuse_qk_norm_rope=False, **kwargs)
     out = _sample(comfy, patched, tw.WAN21_T2V, BIG)
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
-    tel = _state(pack, patched).last
+    tel = _last(pack, patched)
     assert len(tel.calls) == STEPS * 2 and tel.backends() == ["comfyui"]  # every self-attention call seen
     assert tel.flops_saved() == 0.0
 
@@ -120,7 +120,7 @@ def test_sparseflow_output_equals_the_reference_operator_applied_inside_the_mode
     assert any((c["out"] - c["dense"]).abs().max() > 1e-4 for c in selfs)
     for c in cross:  # cross-attention is ComfyUI's own, untouched
         torch.testing.assert_close(c["out"], c["dense"], rtol=0, atol=0)
-    tel = _state(pack, patched).last
+    tel = _last(pack, patched)
     cross_per_block = 2 if variant == tw.WAN21_I2V else 1
     assert tel.passthrough == {"cross-attention": 2 * (2 + vace) * cross_per_block}
     assert len(tel.calls) == len(selfs) and tel.backends() == ["reference"]
@@ -132,7 +132,7 @@ def test_schedule_per_step_values_are_the_ones_applied(comfy, pack, tiny_models,
     schedule = schedule_preset(preset)
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule, backend="reference")
     _sample(comfy, patched, tw.WAN21_T2V, steps=steps)
-    applied = _state(pack, patched).last.step_params()
+    applied = _last(pack, patched).step_params()
     expected = {i: (p.window, p.topk, p.dense) for i, p in enumerate(describe(schedule, steps))}
     assert applied == expected
     if preset == "quality":
@@ -145,7 +145,7 @@ def test_sigma_progress_mode_uses_the_models_whole_sigma_range(comfy, pack, tiny
     schedule = Schedule((Keyframe(0.0, 0), Keyframe(0.5, 3)), progress_mode="sigma")
     patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], schedule=schedule, backend="reference")
     _sample(comfy, patched, tw.WAN21_T2V, steps=4)
-    tel = _state(pack, patched).last
+    tel = _last(pack, patched)
     model_sampling = patched.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple", 4).tolist()
     assert tel.steps() == [0, 1, 2, 3]
@@ -169,7 +169,7 @@ def test_cross_attention_and_a_previous_override_see_every_call_sparseflow_does_
     _sample(comfy, patched, tw.WAN21_I2V)
     # I2V: image (257) then text (512) cross-attention per block; self-attention never reaches `previous`
     assert seen == [tw.CLIP_TOKENS, tw.TEXT_TOKENS] * (2 * STEPS)
-    assert _state(pack, patched).last.passthrough == {"cross-attention": 4 * STEPS}
+    assert _last(pack, patched).passthrough == {"cross-attention": 4 * STEPS}
 
 
 def test_patching_twice_replaces_the_first_patch(comfy, pack, tiny_models):  # noqa: F811
@@ -181,8 +181,8 @@ def test_patching_twice_replaces_the_first_patch(comfy, pack, tiny_models):  # n
     assert to["optimized_attention_override"]._sparseflow_previous is None
     assert to["patches_replace"]["dit"][("double_block", 0)]._sparseflow_previous is None
     _sample(comfy, twice, tw.WAN21_T2V)
-    assert {c.window for c in _state(pack, twice).last.calls} == {3}
-    assert not _state(pack, once).last  # the first patch never ran
+    assert {c.window for c in _last(pack, twice).calls} == {3}
+    assert _last(pack, once) is None  # the first patch never ran
 
 
 class _Stop(Exception):
@@ -202,9 +202,8 @@ def test_an_interrupted_run_leaves_nothing_patched_and_the_state_reset(comfy, pa
 
     with pytest.raises(_Stop):
         _sample(comfy, patched, tw.WAN21_T2V, BIG, callback=stop)
-    state = _state(pack, patched)
-    assert not state.telemetry.calls and not state.telemetry.passthrough and not state._plans  # reset on cleanup
-    assert state.last is not None and state.last.steps() == [0, 1]  # the partial run was reported
+    assert pack.run.RUN_KEY not in patched.model_options["transformer_options"]  # the run's state went with it
+    assert _last(pack, patched).steps() == [0, 1]  # the partial run was reported
     assert model_snapshot(model) == before
     assert comfy.wan_model.optimized_attention is global_attention
     torch.testing.assert_close(_sample(comfy, model, tw.WAN21_T2V, BIG), reference, rtol=0, atol=0)
@@ -246,7 +245,7 @@ def test_user_errors_name_the_input_and_what_is_allowed(pack, tiny_models):  # n
 def test_geometry_counts_time_concat_frames_and_reference_prefix_tokens(pack):  # noqa: F811
     from types import SimpleNamespace
 
-    geometry_for = pack.hook.geometry_for
+    geometry_for = pack.context.geometry_for
     dm = SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None)
     assert geometry_for(dm, torch.zeros(1, 16, 3, 9, 7), None, {}) == Geometry(3, 5, 4)
     assert geometry_for(dm, torch.zeros(1, 36, 3, 8, 8), torch.zeros(1, 16, 2, 8, 8), {}) == Geometry(5, 4, 4)
@@ -267,11 +266,11 @@ def test_lora_weight_patches_and_fp8_weights_keep_working_on_a_patched_model(com
     lora.add_patches({key: (torch.full((256, 256), 0.05),)}, strength_patch=1.0)  # a "diff" patch, as LoRAs add
     out = _sample(comfy, lora, tw.WAN21_T2V, BIG, steps=2)
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
-    assert _state(pack, lora).last.backends() == ["reference"]
+    assert _last(pack, lora).backends() == ["reference"]
 
     path = tw.save_checkpoint(tw.WAN21_T2V, tmp_path)
     fp8 = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.float8_e4m3fn})
     assert fp8.model.diffusion_model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
     patched8 = pack.patch.apply_sparseflow(fp8, backend="reference", block=64, routing=routing)
     out8 = _sample(comfy, patched8, tw.WAN21_T2V, BIG, steps=2)
-    assert torch.isfinite(out8).all() and _state(pack, patched8).last.backends() == ["reference"]
+    assert torch.isfinite(out8).all() and _last(pack, patched8).backends() == ["reference"]

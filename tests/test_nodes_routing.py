@@ -103,5 +103,5 @@ def test_routing_node_loads_a_saved_file_whose_shape_wins_and_patch_applies_it(c
     assert applied == [[LINEAR, SPARSE], [DENSE, SPARSE]]
     assert "backend reference" in res.ui["text"][0]
     tw.sample_variant(comfy, patched, tw.WAN21_T2V, steps=2)
-    tel = patched.model_options["transformer_options"]["sparseflow"].last
+    tel = pack.run.last_run(patched).telemetry
     assert tel.route_counts() == {"dense": 1, "sparse": 2, "linear": 1}

@@ -10,8 +10,9 @@ projection), the `q/k/v/o` Linear layers of self- and cross-attention, `cross_at
 SparseFlow's fused-block `ffn_forward`, which runs the FFN without always calling the `ffn` module), plus the
 attention call itself (the module-level `optimized_attention` name that WanSelfAttention and
 WanT2VCrossAttention call, wrapped here for the bench only and restored on exit; self vs cross by
-`q.shape[1] == k.shape[1]`). Derived: QK-norm + RoPE = self_attn - its projections - self-attention;
-rest = forward - self_attn - cross_attn - ffn (modulation, LayerNorms, residuals, embeddings, head).
+`q.shape[1] == k.shape[1]`, peeking into newest ComfyUI's `AttentionTensorContainer`s). Derived:
+QK-norm + RoPE = self_attn - its projections - self-attention; rest = forward - self_attn - cross_attn - ffn
+(modulation, LayerNorms, residuals, embeddings, head).
 Eager only: the hooks would break a torch.compile graph.
 """
 
@@ -50,6 +51,12 @@ class StepTimer:
             torch.cuda.synchronize()
             return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _tokens(t) -> int:
+    """Sequence length of an attention input: a tensor, or newest ComfyUI's AttentionTensorContainer (peeked, not
+    taken: the backend takes it)."""
+    return (t.peek() if hasattr(t, "peek") else t).shape[1]
 
 
 class _Pair:
@@ -114,7 +121,7 @@ class Breakdown:
         orig = self._orig_attention = self.wan.optimized_attention
 
         def timed_attention(q, k, v, *args, **kwargs):
-            name = "self_attention" if q.shape[1] == k.shape[1] else "cross_attention"
+            name = "self_attention" if _tokens(q) == _tokens(k) else "cross_attention"
             if not self.calls:
                 return orig(q, k, v, *args, **kwargs)
             self._open(name)
