@@ -8,7 +8,7 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
 
   default          ComfyUI's startup attention (on CUDA: attention_pytorch, SDPA with cuDNN first)
   sage             every attention call through ComfyUI's attention_sage (what --use-sage-attention does)
-  sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (bench/e2e/overrides.py)
+  sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (stand-in: bench/e2e/overrides.py)
   sparseflow       nodes/patch.py apply_sparseflow: default schedule and routing presets, backend triton
                    (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
@@ -98,6 +98,9 @@ class Bench:
         from comfyui_sparseflow.nodes import fused_block as sf_fused_block  # noqa: E402
 
         self.sf_fused_block = sf_fused_block
+        from comfyui_sparseflow.nodes import run as sf_run  # noqa: E402
+
+        self.sf_run = sf_run
         self.bench = MODELS[args.model]
         self.device = self.comfy.model_management.get_torch_device()
         self.family = "wan2.2-5b" if self.bench.latent[0] == 48 else "wan2.1"
@@ -151,9 +154,9 @@ class Bench:
         if base == "sage":
             from bench.e2e.overrides import install_sage
             install_sage(m, self.comfy)
-        elif base == "sol_attn":
-            from bench.e2e.overrides import install_sol_attn
-            notes["sol_patch"] = install_sol_attn(m)
+        elif base == "sol_attn":  # core "Model Sparse Attention", method sol-attn, node defaults
+            from bench.e2e.overrides import apply_core_sparse_attention
+            m, notes["sol_patch"] = apply_core_sparse_attention(m)
             notes["sigma_window"] = [notes["sol_patch"].sigma_end, notes["sol_patch"].sigma_start]
         elif base == "sparseflow":
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend)
@@ -276,9 +279,9 @@ class Bench:
             if "sol_patch" in notes:
                 row["sol_attn_calls"] = dict(notes["sol_patch"].counts)
                 row["sol_attn_sigma_window"] = notes["sigma_window"]
-            state = m.model_options.get("transformer_options", {}).get("sparseflow")
-            if state is not None:
-                row["sparseflow_summary"] = getattr(state, "last_summary", "")
+            report = self.sf_run.last_run(m)
+            if report is not None:
+                row["sparseflow_summary"] = report.summary
             if row["compile"]:
                 from torch._dynamo.utils import counters
                 row["dynamo"] = {"unique_graphs": int(counters["stats"].get("unique_graphs", 0)),

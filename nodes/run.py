@@ -27,7 +27,7 @@ from .plans import PlanCache
 from .report import log_once, send_report
 from .timeline import Timeline
 
-__all__ = ["RUN_KEY", "NotedCall", "RunReport", "RunState", "last_run"]
+__all__ = ["RUN_KEY", "NotedCall", "RunReport", "RunState", "Timeline", "last_run"]
 
 log = logging.getLogger("sparseflow.nodes")
 

@@ -27,8 +27,8 @@ def load_pack() -> SimpleNamespace:
     comfy_env.import_comfy()
     load_pack_package()
     mods = {name: importlib.import_module(f"{PACKAGE}.nodes.{name}")
-            for name in ("types", "config", "context", "run", "override", "hook", "prologue", "fused_block", "patch",
-                         "schedule", "routing", "calibrate", "extension")}
+            for name in ("types", "config", "context", "decide", "run", "override", "hook", "prologue",
+                         "fused_block", "patch", "schedule", "routing", "calibrate", "extension")}
     return SimpleNamespace(**mods)
 
 

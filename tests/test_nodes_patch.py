@@ -274,3 +274,69 @@ def test_lora_weight_patches_and_fp8_weights_keep_working_on_a_patched_model(com
     patched8 = pack.patch.apply_sparseflow(fp8, backend="reference", block=64, routing=routing)
     out8 = _sample(comfy, patched8, tw.WAN21_T2V, BIG, steps=2)
     assert torch.isfinite(out8).all() and _last(pack, patched8).backends() == ["reference"]
+
+
+def test_geometry_counts_in_context_latents_appended_after_the_video(pack):  # noqa: F811
+    from types import SimpleNamespace
+
+    dm = SimpleNamespace(patch_size=(1, 2, 2), ref_conv=None)
+    lat = [torch.zeros(1, 16, 2, 8, 8), torch.zeros(1, 16, 1, 7, 8)]  # newest ComfyUI: padded, patch-embedded
+    assert pack.context.geometry_for(dm, torch.zeros(1, 16, 3, 8, 8), None, {"context_latents": lat}) == \
+        Geometry(3, 4, 4, suffix=2 * 4 * 4 + 1 * 4 * 4)
+
+
+def test_extra_tokens_outside_grid_sizes_run_sparseflow(pack, tiny_models):  # noqa: F811
+    """Newest ComfyUI's grid_sizes leaves out the appended context_latents (and Fun-Control's prepended reference):
+    a call with them still matches the model call's geometry and runs SparseFlow, not dense."""
+    patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], backend="reference", block=64,
+                                          routing=routing_preset("alternating", 2, 2))
+    config = patched.model_options["transformer_options"][pack.config.SPARSEFLOW_KEY]
+    run = pack.run.RunState(config, pack.run.Timeline())
+    to = {"sigmas": torch.tensor([1.0]), "sample_sigmas": torch.tensor([1.0, 0.5, 0.0])}
+    ctx = run.context(patched.get_model_object("diffusion_model"), torch.zeros(1, 16, *BIG), None, None, to,
+                      {"context_latents": [torch.zeros(1, 16, 1, 16, 16)]})
+    assert ctx.geometry == Geometry(4, 8, 8, suffix=64)
+    to.update({pack.context.CONTEXT_KEY: ctx, "grid_sizes": (4, 8, 8), "block_index": 0})
+    q = torch.zeros(2, 256 + 64, 256)
+    decision = run.decide(q, q, q, 2, None, False, False, to)
+    assert isinstance(decision, pack.decide.Route) and decision.call.kind == "sparse", decision
+    short = torch.zeros(2, 256, 256)  # the grid alone: not this call's sequence
+    assert run.decide(short, short, short, 2, None, False, False, to).reason == "token count mismatch"
+
+
+def test_fun_control_reference_tokens_run_sparseflow_with_the_prefix(comfy, pack, tmp_path):  # noqa: F811
+    """Wan Fun-Control's reference_latent prepends (H/2)(W/2) tokens through ref_conv (not in newest's grid_sizes):
+    every self-attention call runs the operator on the prefixed geometry."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(1)
+    sd = tw.build_state_dict(tw.WAN21_T2V)
+    sd["patch_embedding.weight"] = torch.randn(256, 48, 1, 2, 2, generator=gen) * 0.02  # + 32 control channels
+    sd["ref_conv.weight"] = torch.randn(256, 16, 2, 2, generator=gen) * 0.02
+    sd["ref_conv.bias"] = torch.zeros(256)
+    save_file(sd, str(tmp_path / "fun_control.safetensors"))
+    model = comfy.sd.load_diffusion_model(str(tmp_path / "fun_control.safetensors"))
+    assert model.get_model_object("diffusion_model").ref_conv is not None
+    routing = routing_preset("alternating", 2, 2)
+    patched = pack.patch.apply_sparseflow(model, routing=routing, backend="reference", block=64)
+    to = patched.model_options["transformer_options"]
+    calls = []
+    to["optimized_attention_override"] = _recording_override(to["optimized_attention_override"], calls)
+    latent = tw.empty_latent(tw.WAN21_T2V, *BIG)
+    positive, negative = tw.make_conditioning(comfy, tw.WAN21_T2V, latent, seed=0)
+    reference = torch.randn(1, 16, 1, BIG[1], BIG[2], generator=gen)
+    for cond in (positive, negative):
+        cond[0][1]["reference_latents"] = [reference]
+    tw.sample_tiny(comfy, patched, latent, positive, negative, steps=2)
+    geometry = Geometry(BIG[0], BIG[1] // 2, BIG[2] // 2, prefix=(BIG[1] // 2) * (BIG[2] // 2))
+    selfs = [c for c in calls if c["q"].shape == c["k"].shape]
+    assert len(selfs) == 2 * 2 and all(c["q"].shape[1] == geometry.length for c in selfs)
+    tel = _last(pack, patched)
+    assert len(tel.calls) == 4 and "token count mismatch" not in tel.passthrough
+    for c in selfs:
+        step = c["sample_sigmas"].index(c["sigma"])
+        p = describe(schedule_preset("balanced"), 2)[step]
+        plan = AttentionPlan(geometry, routing.head_routes(c["layer"]), (p.window,) * 2, (0,) * 2, anchors=(0,),
+                             compensation=p.compensation, block=64)
+        expected = reference_attention(c["q"], c["k"], c["v"], plan, heads=2)
+        assert_close_report(c["out"], expected, atol=1e-6, rtol=1e-5, what=f"layer {c['layer']} step {step}")
