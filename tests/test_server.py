@@ -172,13 +172,30 @@ def _workflow(ckpt: str) -> dict:
     }
 
 
-async def _run_prompt(url: str, prompt: dict) -> tuple[str, list[dict]]:
-    """POST the prompt with a websocket open; return (prompt_id, every JSON message until it finished)."""
+async def _drain(ws) -> list[dict]:
+    """The JSON messages a websocket has received so far."""
+    import aiohttp
+
+    out = []
+    while True:
+        try:
+            msg = await ws.receive(timeout=0.5)
+        except asyncio.TimeoutError:
+            return out
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return out
+        out.append(json.loads(msg.data))
+
+
+async def _run_prompt(url: str, prompt: dict) -> tuple[str, list[dict], list[dict]]:
+    """POST the prompt with a websocket open; return (prompt_id, every JSON message until it finished, the messages
+    another open browser tab got meanwhile)."""
     import aiohttp
 
     client_id = uuid.uuid4().hex
     messages: list[dict] = []
     async with aiohttp.ClientSession() as session:
+        other = await session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={uuid.uuid4().hex}")
         async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
             async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
                 body = await r.json()
@@ -198,11 +215,13 @@ async def _run_prompt(url: str, prompt: dict) -> tuple[str, list[dict]]:
                     break
                 if data["type"] == "execution_success" and d.get("prompt_id") == prompt_id:
                     break
-    return prompt_id, messages
+        others = await _drain(other)
+        await other.close()
+    return prompt_id, messages, others
 
 
 def test_api_workflow_patches_samples_calibrates_and_reports(server):
-    prompt_id, messages = asyncio.run(_run_prompt(server["url"], _workflow("tiny_wan21_t2v.safetensors")))
+    prompt_id, messages, others = asyncio.run(_run_prompt(server["url"], _workflow("tiny_wan21_t2v.safetensors")))
     errors = [m for m in messages if m["type"] == "execution_error"]
     assert not errors, f"{errors}\n{server['log'].read_text()[-4000:]}"
     history = _history(server["url"], prompt_id)
@@ -221,7 +240,8 @@ def test_api_workflow_patches_samples_calibrates_and_reports(server):
     reports = [m["data"] for m in messages if m["type"] == "sparseflow.report"]
     assert len(reports) == 1, [m["type"] for m in messages]
     report = reports[0]
-    assert report["node"] == "6" and report["backend"] == "reference"
+    assert report["node"] == "6" and report["prompt_id"] == prompt_id and report["backend"] == "reference"
+    assert others and not [m for m in others if m["type"] == "sparseflow.report"]  # only the prompt's own tab
     assert len(report["density_per_step"]) == 2 and report["density_per_step"][0] < 1.0
     assert report["route_counts"] == {"dense": 2, "sparse": 1, "linear": 1}
     assert report["text"].startswith("SparseFlow: 2 steps")
