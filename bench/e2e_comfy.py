@@ -72,6 +72,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def comfyui_tree(comfy) -> str:
+    """Which ComfyUI tree runs: $SPARSEFLOW_COMFY_TREE (bench/run_e2e_gpu.sh sets it), else "newest-overlay" when the
+    Wan forward passes AttentionTensorContainers (../shared/comfyui/newest-overlay), else ComfyUI's version."""
+    named = os.environ.get("SPARSEFLOW_COMFY_TREE")
+    if named:
+        return named
+    return "newest-overlay" if hasattr(comfy.attention, "AttentionTensorContainer") else comfy.version
+
+
 def _bytes_by_dtype(module: torch.nn.Module) -> dict[str, float]:
     out: dict[str, float] = {}
     for p in module.parameters():
@@ -334,7 +343,8 @@ def _f(x, fmt: str) -> str:
 
 def table(info: dict, rows: list[dict], reference: dict | None = None) -> str:
     lines = [f"### {info['model']} ({info['class']}, {info['video']}, latent {tuple(info['latent'])}, "
-             f"{info['tokens']} tokens, {info['layers']} layers x {info['heads']} heads)",
+             f"{info['tokens']} tokens, {info['layers']} layers x {info['heads']} heads; "
+             f"ComfyUI {info.get('comfyui_tree', '?')})",
              "",
              "s/step: " + ("mean of all steps, after an untimed warm-up sampling"
                            if any(r.get("timed_steps") == "all" for r in rows) else
@@ -453,10 +463,16 @@ def main() -> None:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         pass
+    env["comfyui_tree"] = info["comfyui_tree"] = comfyui_tree(bench.comfy)
+    try:
+        from importlib.metadata import version
+        env["comfy_kitchen"] = version("comfy-kitchen")
+    except Exception:  # noqa: BLE001 - not installed: the newest tree's forward runs its PyTorch branches
+        env["comfy_kitchen"] = None
     bench.run_meta = {"model": info["model"], "dtype": info["dtype"], "seed": a.seed, "steps": a.steps,
                       "warmup_steps": a.warmup_steps, "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler,
                       "latent_shape": list(bench.latent.shape),
-                      **{k: env[k] for k in ("gpu", "commit", "timestamp", "torch", "comfyui")}}
+                      **{k: env[k] for k in ("gpu", "commit", "timestamp", "torch", "comfyui", "comfyui_tree")}}
     if a.reference is not None:
         wrong = mismatches(ref_meta, bench.run_meta)
         if wrong:

@@ -85,3 +85,31 @@ def test_a_saved_default_run_stands_in_for_default_in_a_later_run(tmp_path):
     both = subprocess.run(base + ["--configs", "default,sparseflow"], capture_output=True, text=True, env=env,
                           timeout=600)
     assert both.returncode == 2 and "--reference replaces the `default` configuration" in both.stderr
+
+
+SHARED = Path(os.environ.get("SPARSEFLOW_SHARED", REPO.parent / "shared"))
+
+
+@pytest.mark.skipif(not (SHARED / "comfyui" / "newest-overlay" / "files").is_dir(),
+                    reason=f"no ComfyUI trees at {SHARED}/comfyui (0.3.64 and newest-overlay)")
+def test_the_gpu_runner_builds_both_trees_and_runs_each_in_one_call(tmp_path):
+    """bench/run_e2e_gpu.sh build-trees + trees, as the GPU call runs them (--tiny on the CPU): the newest-shape tree
+    (0.3.64 + newest-overlay/files + with_comfy_kitchen.py) first, then 0.3.64, one JSON each."""
+    env = dict(os.environ, E2E_TREES=str(tmp_path), OUT=str(tmp_path / "out"), SPARSEFLOW_COMMIT="test",
+               SPARSEFLOW_SHARED=str(SHARED))
+    env.pop("COMFYUI_PATH", None)
+    script = str(REPO / "bench" / "run_e2e_gpu.sh")
+    build = subprocess.run(["bash", script, "build-trees"], capture_output=True, text=True, env=env, timeout=300)
+    assert build.returncode == 0, build.stderr
+    assert "ck.apply_rope1" in (tmp_path / ".comfy_e2e_newest" / "comfy" / "ldm" / "flux" / "math.py").read_text()
+    run = subprocess.run(["bash", script, "trees", "tiny", "--steps", "2"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    forwards = {"newest": "ComfyUI newest", "0364": "ComfyUI 0.3.64"}
+    for tag, tree in (("newest", "newest-overlay+comfy-kitchen"), ("0364", "0.3.64")):
+        data = json.loads((tmp_path / "out" / f"e2e_tiny_{tag}.json").read_text())
+        assert data["env"]["comfyui_tree"] == tree
+        rows = {r["config"]: r for r in data["rows"]}
+        assert set(rows) == {"default", "sparseflow_quality"} and all(r["status"] == "ok" for r in rows.values())
+        summary = rows["sparseflow_quality"]["sparseflow_summary"]
+        assert f"(Wan forward: {forwards[tag]}" in summary and "passed to ComfyUI attention: cross-attention" in summary

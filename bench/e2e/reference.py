@@ -4,8 +4,8 @@ A full-size Wan 14B default run costs ~150 s of GPU time (6 steps at ~25 s); the
 `--save-reference` writes the default run's final latent (float32, sharded so each file stays under the device's
 16 MiB per returned file) and its measured s/step and peak memory; `--reference` loads them in a later run instead
 of sampling `default` again, after checking that the run it came from sampled the same thing (model, weight dtype,
-seed, steps, warm-up, CFG, sampler, scheduler, latent shape). The rows of such a run say which reference they used,
-and its table says that speed-up and error are against another run.
+seed, steps, warm-up, CFG, sampler, scheduler, latent shape, GPU kind, ComfyUI tree). The rows of such a run say
+which reference they used, and its table says that speed-up and error are against another run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 # what must match between the reference's run and the run comparing against it (gpu: speed-ups need one GPU kind)
 MATCH_KEYS = ("model", "dtype", "seed", "steps", "warmup_steps", "cfg", "sampler", "scheduler", "latent_shape",
-              "gpu")
+              "gpu", "comfyui_tree")
+_SAVED_BEFORE = {"comfyui_tree": "0.3.64"}  # what a reference saved before a key existed ran with
 SHARD_BYTES = 15 * 2**20
 
 
@@ -69,4 +70,5 @@ def load_reference(reference: Path) -> tuple[torch.Tensor, dict]:
 
 def mismatches(meta: dict, run: dict) -> list[str]:
     """The MATCH_KEYS on which the reference's run and this run differ, as 'key: reference X, this run Y'."""
-    return [f"{k}: reference {meta.get(k)!r}, this run {run.get(k)!r}" for k in MATCH_KEYS if meta.get(k) != run.get(k)]
+    ref = {k: meta.get(k, _SAVED_BEFORE.get(k)) for k in MATCH_KEYS}
+    return [f"{k}: reference {ref[k]!r}, this run {run.get(k)!r}" for k in MATCH_KEYS if ref[k] != run.get(k)]
