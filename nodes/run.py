@@ -77,6 +77,7 @@ class RunState:
         # per model call, from context(): stands for the calls when none was noted eagerly (under torch.compile the
         # attention path writes nothing, so no guard sees counters)
         self._planned: list[tuple[CallContext, int]] = []
+        self._forwards = None  # the behaviour check's answer, asked once per run
 
     # -- per model call (DIFFUSION_MODEL wrapper); host work torch.compile (TorchCompileModel) must not trace
     @torch.compiler.disable
@@ -95,8 +96,10 @@ class RunState:
 
             prologue.triton_reason()
             residual_norm.triton_reason()
-            forwards = match_forwards(dm, x.device, x.dtype)
-            self.telemetry.forward = forwards.describe()
+            if self._forwards is None:
+                self._forwards = match_forwards(dm, x.device, x.dtype)
+                self.telemetry.forward = self._forwards.describe()
+            forwards = self._forwards
         img_len = forwards.block.context_img_len(dm, clip_fea) if forwards is not None and forwards.block else None
         calls = tuple(self.plans.layer_call(geometry, layer, params, x) for layer in range(cfg.layers))
         ctx = CallContext(geometry, step, progress, params, cfg.window_at(params), calls, forwards, dm, img_len)

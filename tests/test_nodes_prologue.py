@@ -179,3 +179,17 @@ def test_a_patched_forward_call_with_extra_arguments_or_outside_a_run_goes_to_co
     assert pro.call_reason(None, {})[2] == outside
     assert pro.call_reason({run_mod.RUN_KEY: "not a run"}, {})[2] == outside
     assert pro.call_reason({run_mod.RUN_KEY: run}, {})[2].startswith("no SparseFlow model-call context")
+
+
+def test_a_lora_function_on_the_qk_norm_leaves_the_prologue_unchecked_and_the_block_matched(comfy, pack,  # noqa: F811
+                                                                                             monkeypatch, tmp_path):
+    """ComfyUI's lowvram LoRA patches come as weight functions: on the QK norm the prologue cannot use the weight, so
+    that check does not run (and is not cached: a later run may differ); the block's check still does."""
+    dm = tw.load_tiny_wan(comfy, tw.WAN21_T2V, tmp_path).get_model_object("diffusion_model")
+    monkeypatch.setattr(dm.blocks[0].self_attn.norm_q, "weight_function", [lambda w: w * 1.0], raising=False)
+    fresh_forward_checks(monkeypatch)
+    match = _probe().match_forwards(dm, torch.device("cpu"), torch.float32)
+    assert match.attn is None and match.block is expected_forward(comfy)
+    assert match.attn_reason == ("the behaviour check cannot use this model's weights (QK norm weight has patch "
+                                 "functions (LoRA on the norm))")
+    assert not _probe()._cache

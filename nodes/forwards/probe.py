@@ -157,13 +157,9 @@ def _inputs(dm, block, device, dtype):
     return rand(1, tokens, dim), freqs, rand(1, 1, 6, dim, scale=0.1), context, (4 if i2v else None)
 
 
-def _check(dm, device, dtype) -> ForwardMatch:
-    block = dm.blocks[0]
+def _check_attention(dm, block, x, freqs) -> tuple[object, str]:
     attn = block.self_attn
     wan = sys.modules[type(attn).__module__]
-    x, freqs, e, context, img_len = _inputs(dm, block, device, dtype)
-    if any(getattr(m, "weight_function", None) or getattr(m, "bias_function", None) for m in block.modules()):
-        raise _Unchecked("LoRA patch functions on the block's weights")
     weights, why = qk_weights(attn, x, freqs)
     if why is not None:
         raise _Unchecked(why)
@@ -174,10 +170,11 @@ def _check(dm, device, dtype) -> ForwardMatch:
         return (core_prologue.norm_rope_reference(q, weights[0].to(q.dtype), freqs, eps, attn.head_dim),
                 core_prologue.norm_rope_reference(k, weights[1].to(k.dtype), freqs, eps, attn.head_dim))
 
-    attn_version, attn_reason = _compare(
-        "self-attention forward",
-        lambda to: type(attn).forward(attn, x, freqs, transformer_options=to),
-        lambda version, to: version.attend(wan, attn, x, make_qk, to))
+    return _compare("self-attention forward", lambda to: type(attn).forward(attn, x, freqs, transformer_options=to),
+                    lambda version, to: version.attend(wan, attn, x, make_qk, to))
+
+
+def _check_block(dm, block, x, freqs, e, context, img_len) -> tuple[object, str]:
     ops, ee, why = block_ops(block, x, e, "reference")
     if why is not None:
         raise _Unchecked(why)
@@ -186,11 +183,26 @@ def _check(dm, device, dtype) -> ForwardMatch:
         ops.fallbacks.clear()
         return version.block_body(block, x, ee, freqs, context, img_len, to, ops)
 
-    block_version, block_reason = _compare(
+    return _compare(
         "block forward",
         lambda to: type(block).forward(block, x, e, freqs, context, context_img_len=img_len, transformer_options=to),
         run_version)
-    return ForwardMatch(attn_version, attn_reason, block_version, block_reason)
+
+
+def _check(dm, device, dtype) -> tuple[ForwardMatch, bool]:
+    """(the match, whether it holds for every later call: False when this model's weights kept a check from running,
+    e.g. LoRA patch functions on a norm, so the next run checks again)."""
+    block = dm.blocks[0]
+    x, freqs, e, context, img_len = _inputs(dm, block, device, dtype)
+    found, lasting = [], True
+    for check, args in ((_check_attention, (dm, block, x, freqs)),
+                        (_check_block, (dm, block, x, freqs, e, context, img_len))):
+        try:
+            found.extend(check(*args))
+        except _Unchecked as err:
+            found.extend((None, f"the behaviour check cannot use this model's weights ({err})"))
+            lasting = False
+    return ForwardMatch(*found), lasting
 
 
 def match_forwards(dm: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> ForwardMatch:
@@ -206,17 +218,14 @@ def match_forwards(dm: torch.nn.Module, device: torch.device, dtype: torch.dtype
         return _cache[key]
     try:
         with torch.no_grad():
-            match = _check(dm, device, dtype)
-    except _Unchecked as e:  # this call's weights: ComfyUI's own code runs, said once, checked again next run
-        why = f"the behaviour check cannot use this model's weights ({e})"
-        log_once(("forwards", why), "SparseFlow: the fused passes stay ComfyUI's own: %s", why)
-        return ForwardMatch(None, why, None, why)
+            match, lasting = _check(dm, device, dtype)
     except Exception as e:  # noqa: BLE001 - the check itself failed: ComfyUI's own code runs, said once
         why = f"the behaviour check could not run ({type(e).__name__}: {e})"
         log_once(("forwards", why), "SparseFlow: the fused passes stay ComfyUI's own: %s", why,
                  level=logging.WARNING)
         return ForwardMatch(None, why, None, why)
-    _cache[key] = match
+    if lasting:
+        _cache[key] = match
     for what, version, reason in (("QK-norm + RoPE", match.attn, match.attn_reason),
                                   ("block adds + norms", match.block, match.block_reason)):
         if version is None:
