@@ -1,7 +1,9 @@
-"""Session-wide test set-up: the pack imported as one package, and a loud summary of skipped tests."""
+"""Session-wide test set-up: the pack imported as one package, the ``comfyui`` marker (skip or fail without
+ComfyUI), which ComfyUI tree this process tests, and a loud summary of skipped tests."""
 
 import os
 
+import comfy_env
 import pytest
 from pack_package import load_pack_package
 
@@ -9,7 +11,22 @@ os.environ.setdefault("SPARSEFLOW_TESTING", "1")
 load_pack_package()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: needs a real ComfyUI (skipped loudly without one, failed when "
+                                       f"{comfy_env.REQUIRE_ENV}=1); dev.sh runs these once per ComfyUI tree")
+
+
+def pytest_report_header(config):
+    return f"SparseFlow: ComfyUI {comfy_env.tree_label()}"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("comfyui") is not None:
+        comfy_env.skip_without_comfy()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    terminalreporter.write_line(f"SparseFlow: ComfyUI {comfy_env.tree_label()}")
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
         terminalreporter.write_line("SparseFlow: no test was skipped.")
