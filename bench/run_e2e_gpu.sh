@@ -9,7 +9,7 @@
 #   ... gpu wan21_14b --configs default+compile,sparseflow+compile --reference .e2e_ref/reference_wan21_14b
 #
 # .comfy_e2e/  the .py files of ComfyUI 0.3.64's comfy/, comfy_api/ and the root modules they import (about
-#          3 MB; copied from $COMFYUI_SRC, default /opt/ComfyUI, see docs/comfy_setup_notes.md). Never committed.
+#          3 MB; copied from $COMFYUI_SRC, default ../shared/comfyui/0.3.64, see docs/testing.md). Never committed.
 # .whl/    torchsde 0.2.6 + trampoline 0.1.2: the only packages ComfyUI's sampling stack imports that the GPU
 #          image lacks (checked against KINDS.md's package list: comfy.k_diffusion.sampling imports torchsde).
 # .peers/  sageattention 1.0.6 and comfy-kitchen 0.2.40 (sol_attn), from bench/prepare_peers.sh.
@@ -24,7 +24,7 @@ mode="${1:-}"
 shift || true
 
 prepare() {
-    local src="${COMFYUI_SRC:-/opt/ComfyUI}"
+    local src="${COMFYUI_SRC:-$REPO/../shared/comfyui/0.3.64}"
     for ignored in /.comfy_e2e/ /.whl/ /.peers/ /.peers_sage/ /.e2e_ref/; do
         grep -qxF "$ignored" .git/info/exclude || echo "$ignored" >> .git/info/exclude
     done

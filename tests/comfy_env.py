@@ -64,12 +64,6 @@ def on_newest_tree() -> bool:
     return comfy_trees.tree_name() == "newest"
 
 
-def xfail_on_newest(what: str):
-    """Mark a test that fails on the newest-shape tree because the pack does not handle it yet (issue 17).
-    Strict: once the pack handles it, the test passes there and the xfail turns into a failure to remove."""
-    return pytest.mark.xfail(on_newest_tree(), reason=f"{ISSUE_NEWEST}: {what}", strict=True)
-
-
 def missing_reason() -> str:
     """The loud message used when ComfyUI cannot be found."""
     wanted = os.environ.get("COMFYUI_PATH")

@@ -5,6 +5,7 @@ import os
 
 import comfy_env
 import pytest
+from newest_known_failures import NEWEST_XFAILS
 from pack_package import load_pack_package
 
 os.environ.setdefault("SPARSEFLOW_TESTING", "1")
@@ -18,6 +19,16 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     return f"SparseFlow: ComfyUI {comfy_env.tree_label()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the newest-shape tree, the tests the pack cannot pass there yet are strict xfails (newest_known_failures)."""
+    if not comfy_env.on_newest_tree():
+        return
+    for item in items:
+        reason = NEWEST_XFAILS.get(item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=f"{comfy_env.ISSUE_NEWEST}: {reason}", strict=True))
 
 
 def pytest_runtest_setup(item):
