@@ -18,8 +18,9 @@ import torch
 from .plan import DENSE, LINEAR, ROUTE_NAMES, SPARSE
 
 __all__ = [
-    "DEFAULT_ROUTING", "DENSE", "FAMILIES", "LINEAR", "ROUTE_NAMES", "ROUTING_PRESETS", "RoutingMap", "SPARSE",
-    "parse_overrides", "routing_preset", "routing_to_json", "summary", "with_overrides",
+    "DEFAULT_ROUTING", "DENSE", "FAMILIES", "LINEAR", "ROUTE_NAMES", "ROUTING_PRESETS", "DuplicateKeyError",
+    "RoutingMap", "SPARSE", "parse_overrides", "routing_preset", "routing_to_json", "summary", "unique_keys",
+    "with_overrides",
 ]
 
 log = logging.getLogger("sparseflow.routing")
@@ -191,12 +192,21 @@ def _parse_override_item(key: object, value: object) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), ROUTE_NAMES.index(value)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    """json object hook: a key given twice is an error (json.loads would keep the last silently)."""
+class DuplicateKeyError(ValueError):
+    """A JSON object that names one key twice (`unique_keys`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {_quote(key)}")
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json `object_pairs_hook`: a key given twice raises DuplicateKeyError (json.loads would keep the last one
+    silently). Used for override text and for routing file headers."""
     out: dict = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"routing overrides: key {_quote(key)} is given twice; allowed: each 'layer.head' once")
+            raise DuplicateKeyError(key)
         out[key] = value
     return out
 
@@ -209,13 +219,14 @@ def parse_overrides(text: str) -> dict[str, str]:
     if not text.strip():
         return {}
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as e:
+        raise ValueError(f"routing overrides: key {_quote(e.key)} is given twice; allowed: each 'layer.head' "
+                         "once") from None
     except RecursionError:
         raise ValueError("routing overrides: not valid JSON (nested too deeply); allowed: an object like "
                          "{\"3.7\": \"dense\"}") from None
     except ValueError as e:
-        if str(e).startswith("routing overrides:"):
-            raise
         raise ValueError(f"routing overrides: not valid JSON ({e}); allowed: an object like "
                          "{\"3.7\": \"dense\"}") from None
     if not isinstance(data, dict):

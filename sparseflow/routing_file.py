@@ -16,7 +16,7 @@ import struct
 import uuid
 from pathlib import Path
 
-from .routing import _TENSORS, FAMILIES, FORMAT, MAX_DIM, RoutingMap, _check_fields, summary
+from .routing import _TENSORS, FAMILIES, FORMAT, MAX_DIM, RoutingMap, _check_fields, summary, unique_keys
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "MAX_HEADER_BYTES", "RoutingFileError", "load_routing",
            "save_routing"]
@@ -119,19 +119,11 @@ def _read_header(data: bytes, fail) -> tuple[dict, int]:
     except UnicodeDecodeError as e:
         fail(f"header is not valid UTF-8 ({e.reason} at byte {e.start}); allowed: UTF-8 JSON")
 
-    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-        out: dict = {}
-        for k, v in pairs:
-            if k in out:
-                raise ValueError(f"duplicate key {k!r}")
-            out[k] = v
-        return out
-
     def no_constants(name: str) -> None:
         raise ValueError(f"constant {name} is not JSON")
 
     try:
-        header = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        header = json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constants)
     except (ValueError, RecursionError) as e:
         fail(f"header is not valid JSON ({str(e)[:200]}); allowed: a JSON object without duplicate keys")
     if not isinstance(header, dict):
