@@ -1,6 +1,6 @@
-"""Validation and layout handling of the operator's q, k, v (docs/spec.md §1 and §7).
+"""Validation and layout handling of the operator's q, k, v (docs/spec.md §1 and §7), and why a kernel cannot run.
 
-Shared by the reference and the Triton launcher so both reject the same inputs with the same messages.
+Shared by the reference and the Triton launchers so both reject the same inputs with the same messages.
 """
 
 from __future__ import annotations
@@ -9,10 +9,15 @@ import torch
 
 from .plan import AttentionPlan
 
-__all__ = ["HEAD_DIMS", "check_qkv", "to_bhld", "from_bhld", "triton_input_reason"]
+__all__ = ["HEAD_DIMS", "KernelLaunchError", "check_qkv", "to_bhld", "from_bhld", "triton_input_reason"]
 
 HEAD_DIMS = (64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class KernelLaunchError(RuntimeError):
+    """A Triton kernel cannot launch on this device (e.g. every config needs more shared memory than it allows);
+    the message says what was asked and what the device allows. Callers fall back, saying so."""
 
 
 def triton_input_reason(x: torch.Tensor | None = None) -> str | None:

@@ -3,9 +3,14 @@
 import os
 
 import pytest
+import torch
 from pack_package import load_pack_package
 
 os.environ.setdefault("SPARSEFLOW_TESTING", "1")
+if not torch.cuda.is_available():
+    # kernels run under Triton's CPU interpreter here; set before any test module imports them (the flag is read
+    # when a kernel is decorated and when kernels/configs.py is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 load_pack_package()
 
 
