@@ -151,6 +151,7 @@ def keep(configs, named_args, **kwargs) -> list:
     compiles to more shared memory than the device allows. Raises KernelLaunchError when none fits."""
     from .fused import _jit_kernel  # the kernel this prunes for; imported here, after both modules exist
 
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}  # the autotuner's launch kwargs
     args = {**named_args, **kwargs}
     limits = device_limits(args["Q"].device)
     tier = TIERS[args["TIER"]]
