@@ -22,6 +22,22 @@ KERNEL = {
     "bench_h200_30f771b.json": ("kernel vs peers, every provider at every shape (the current kernel's figures)",
                                 "SPARSEFLOW_COMMIT=30f771b bash bench/run_gpu.sh bench", None),
     "bench_h200_30f771b.md": ("the table of bench_h200_30f771b.json", "(written by the same run)", "NVIDIA H200"),
+    "bench_h200_tiers_08926ac.json": ("issue 16: SparseFlow rows once per launch tier (hopper: the H200's own; a100 "
+                                      "and consumer forced: what an A100 / RTX 30-50 card's configs give here, a proxy)"
+                                      " vs SDPA default, 1.3B and 14B (kernels/ of 08926ac; device .git was stale)",
+                                      "bash bench/run_gpu.sh tiers  (TIER_PARTS=\"bench sweep\")", None),
+    "bench_h200_tiers_08926ac.md": ("the table of bench_h200_tiers_08926ac.json", "(written by the same run)",
+                                    "NVIDIA H200"),
+    "bench_h200_tiers_08926ac_sweep.json": ("issue 16: every tier's configs side by side (and Hopper's with pointer "
+                                            "loads), window 0 + anchor 0 with compensation and a third of heads "
+                                            "linear", "(the same run)", None),
+    "bench_h200_tiers_08926ac_sweep.md": ("the table of bench_h200_tiers_08926ac_sweep.json", "(the same run)",
+                                          "NVIDIA H200"),
+    "tests_h200_tiers_08926ac.log": ("GPU tests: kernel, op, prologue, block add + norm on the H200's own tier, then "
+                                     "the kernel tests with the consumer and a100 tiers forced",
+                                     "python3 -m pytest tests/test_kernels.py tests/test_ops.py tests/test_prologue.py "
+                                     "tests/test_residual_norm.py; TIER_PARTS=tests bash bench/run_gpu.sh tiers",
+                                     "NVIDIA H200"),
     "bench_h100_v3.json": ("Version 3 kernel bench, 1.3B and 14B (kernel of ef8dd86 = ea46e08)",
                            "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p "
                            "--providers sdpa_cudnn,flex,sla_triton,sol_attn_topk --out $OUT/bench", None),

@@ -72,7 +72,7 @@ class Tier:
 
 C = LaunchConfig
 TIERS = (
-    # H100/H200. The H100 sweeps (docs/performance.md): 128/128/8/3 fastest on every Wan row.
+    # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history)
     Tier("hopper", 232448, (9,), True,
          (C(128, 128, 8, 3), C(128, 64, 8, 3)),
          (C(64, 64, 4, 3), C(64, 64, 4, 4))),
