@@ -40,7 +40,7 @@ _REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_REPO / "tests"), str(_REPO / "bench")]  # the pack loader (as tests load it), peers.py
 __import__("pack_package").load_pack_package()
 
-from comfyui_sparseflow.kernels import fused_attention  # noqa: E402
+from comfyui_sparseflow.kernels import configs, fused_attention  # noqa: E402
 from comfyui_sparseflow.kernels.fused import _kernel as fused_kernel  # noqa: E402
 from comfyui_sparseflow.sparseflow import ops  # noqa: E402
 from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
@@ -106,7 +106,8 @@ def load_peers():
         return None, {}, f"{type(e).__name__}: {e}"
 
 
-def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | None, rows: list, env: dict) -> None:
+def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | None, rows: list, env: dict,
+              tiers: list[str | None]) -> None:
     batch, heads, g = SHAPES[name]
     length, n = g.length, math.ceil(g.length / BLOCK)
     comfy, bhld = make_inputs(batch, heads, g)
@@ -115,6 +116,17 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
 
     def want(p: str) -> bool:
         return providers is None or p in providers
+
+    def sf_record(provider: str, case: str, fn, flops: float, density: float, note: str = "") -> None:
+        """A SparseFlow row once per launch tier ($SPARSEFLOW_LAUNCH_TIER; None: the device's own tier)."""
+        for tier in tiers:
+            if tier is None:
+                os.environ.pop(configs.TIER_ENV, None)
+                record(provider, case, fn, flops, density, note)
+            else:
+                os.environ[configs.TIER_ENV] = tier
+                record(f"{provider}[{tier}]", case, fn, flops, density, note)
+        os.environ.pop(configs.TIER_ENV, None)
 
     def record(provider: str, case: str, fn, flops: float, density: float, note: str = "", lazy: bool = False) -> None:
         """Time fn (or, with lazy, the closure fn() makes: peers fail at setup too) into one row."""
@@ -137,6 +149,7 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
                 row["speedup_vs_sdpa"] = round(base["sdpa"] / p50, 2)
             if provider.startswith("sparseflow"):
                 row["config"] = str(getattr(fused_kernel(), "best_config", "fixed"))
+                row["tier"] = os.environ.get(configs.TIER_ENV, "device")
         except Exception as e:  # noqa: BLE001 - a failing provider is a row with its reason
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
@@ -156,7 +169,7 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
             else:
                 rows.append({"shape": name, "case": "dense", "provider": p, "error": f"unavailable: {reasons[p]}"})
     all_dense = uniform_plan(g, heads, route=DENSE, block=BLOCK)
-    record("sparseflow-triton", "dense", lambda: ops.attention(*comfy, all_dense, heads=heads, backend="triton"),
+    sf_record("sparseflow-triton", "dense", lambda: ops.attention(*comfy, all_dense, heads=heads, backend="triton"),
            dense_flops, 1.0, note="all heads routed dense, whole op")
 
     # -- random block masks, the same for every block-sparse peer
@@ -170,7 +183,8 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
         real = pairs / (batch * heads * n * n)
         lut = block_mask_lut(mask)
         plan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=BLOCK)
-        record("sparseflow-kernel", case, lambda: fused_attention(*comfy, plan, heads=heads, lut=lut, _lut_only=True),
+        sf_record("sparseflow-kernel", case,
+                  lambda: fused_attention(*comfy, plan, heads=heads, lut=lut, _lut_only=True),
                flops, real, note="LUT-only mode: exactly the mask's blocks")
         for p in ("flex", "sla_triton", "vsa_triton"):
             if want(p):
@@ -190,9 +204,9 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
         flops = 4 * D * BLOCK * BLOCK * pairs
         real = sum(per_head) / (heads * n * n)
         case = f"window{w}+anchor0"
-        record("sparseflow-triton", case, lambda: ops.attention(*comfy, plan, heads=heads, backend="triton"),
-               flops, real, note="whole op")
-        record("sparseflow-kernel", case, lambda: fused_attention(*comfy, plan, heads=heads), flops, real)
+        sf_record("sparseflow-triton", case, lambda: ops.attention(*comfy, plan, heads=heads, backend="triton"),
+                  flops, real, note="whole op")
+        sf_record("sparseflow-kernel", case, lambda: fused_attention(*comfy, plan, heads=heads), flops, real)
         if peers is not None:
             mask = structural_block_mask(g, BLOCK, w, (0,), "cuda").expand(batch, heads, n, n).contiguous()
             for p in ("flex", "sla_triton", "vsa_triton"):
@@ -203,30 +217,31 @@ def run_shape(name: str, peak: float, peers, reasons: dict, providers: set | Non
     # -- all-linear routing
     lin = uniform_plan(g, heads, route=LINEAR, block=BLOCK)
     per_head, _ = pair_counts(lin)
-    record("sparseflow-triton", "all-linear", lambda: ops.attention(*comfy, lin, heads=heads, backend="triton"),
+    sf_record("sparseflow-triton", "all-linear", lambda: ops.attention(*comfy, lin, heads=heads, backend="triton"),
            4 * D * BLOCK * BLOCK * batch * sum(per_head), sum(per_head) / (heads * n * n), note="whole op")
 
 
-# -- side-by-side sweep of the kernel's code variants and launch configs (docs/performance.md, "Variants") --
-
-SWEEP_V2 = [  # the version-2 sweep (docs/performance.md); base's config is the first version's autotune pick
-    ("base", (128, 64, 8, 3)),
-    ("fast", (128, 128, 8, 3)), ("fast", (128, 64, 8, 3)), ("fast", (128, 64, 4, 3)),
-    ("tma", (128, 128, 8, 3)), ("tma", (128, 128, 8, 2)), ("tma", (128, 64, 8, 3)), ("tma", (128, 64, 4, 3)),
-    ("tma", (128, 64, 4, 4)),
-    ("tma_ws", (128, 128, 8, 3)), ("tma_ws", (128, 64, 4, 3)),
-]
-SWEEP = [  # version 3: per-call specialisation (tma_lean) and 64-row tiles on 4 warps (two programs per SM)
-    ("tma", (128, 128, 8, 3)), ("tma_lean", (128, 128, 8, 3)),
-    ("tma", (64, 64, 4, 2)), ("tma", (64, 64, 4, 3)), ("tma", (64, 128, 4, 2)),
-    ("tma_lean", (64, 64, 4, 2)), ("tma_lean", (64, 64, 4, 3)), ("tma_lean", (64, 128, 4, 2)),
-]
+# -- side-by-side sweep of every tier's launch configs (docs/performance.md, "GPUs users own") ------------------
 
 
-def sweep(shapes: list[str], peak: float, env: dict) -> list:
-    """Every (variant, config) of SWEEP on: all-dense kernel (1.3B only), window 0 + anchor 0, random 10 % LUT-only.
+def sweep_entries(tiers: list[str]) -> list[tuple[str, tuple[int, int, int, int], bool]]:
+    """(tier, config, descriptors) for each block-128 config of each tier with the tier's K/V load path, and a
+    tier that takes descriptors once more without them (what the copy engine adds, apart from the tile sizes)."""
+    out = []
+    for name in tiers:
+        tier = configs.TIERS[configs.TIER_NAMES.index(name)]
+        for tma in (True, False) if tier.descriptors else (False,):
+            for c in tier.block128:
+                out.append((name if tma == tier.descriptors else f"{name}-pointers",
+                            (c.block_m, c.block_n, c.warps, c.stages), tma))
+    return out
 
-    Each output is compared with the first SWEEP row's output on the same case: rel. error must stay < 1e-2.
+
+def sweep(shapes: list[str], peak: float, env: dict, tiers: list[str], only: set | None = None) -> list:
+    """Every (tier, config) of `sweep_entries` on: all-dense kernel (1.3B only), window 0 + anchor 0 (compensation
+    and a third of heads linear, as the default schedule's first steps), random 10 % LUT-only.
+
+    Each output is compared with the first entry's output on the same case: rel. error must stay < 1e-2.
     Also times SDPA default and the op's all-dense dispatch (torch SDPA) on the same inputs.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -249,11 +264,12 @@ def sweep(shapes: list[str], peak: float, env: dict) -> list:
         op_ms = bench(lambda: ops.attention(*comfy, all_dense, heads=heads, backend="triton"), 200.0)[1]
         for prov, ms in (("sdpa_default", base_ms), ("op all-dense (SDPA dispatch)", op_ms)):
             tf = dense_flops / ms / 1e9
-            row = {"shape": name, "case": "dense", "variant": prov, "config": "", "ms": round(ms, 3),
+            row = {"shape": name, "case": "dense", "tier": prov, "config": "", "ms": round(ms, 3),
                    "tflops": round(tf, 1), "pct_peak": round(100 * tf / peak, 1), "vs_sdpa": round(base_ms / ms, 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-        w0 = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), block=BLOCK)
+        w0 = AttentionPlan(g, tuple(LINEAR if h % 3 == 2 else SPARSE for h in range(heads)), (0,) * heads,
+                           (0,) * heads, anchors=(0,), compensation=True, block=BLOCK)
         pick = torch.rand(batch, heads, n, n, generator=torch.Generator().manual_seed(1)).argsort(-1)
         lut = torch.sort(pick[..., :round(0.1 * n)], -1).values.to(torch.int32).cuda()  # random 10 %, ascending
         rplan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=BLOCK)
@@ -261,14 +277,15 @@ def sweep(shapes: list[str], peak: float, env: dict) -> list:
                  ("random10", rplan, lut, 4 * D * BLOCK * BLOCK * int(lut.numel()))]
         if g.length < 50000:
             cases.insert(0, ("dense", all_dense, None, dense_flops))
+        cases = [c for c in cases if only is None or c[0] in only]
         firsts: dict = {}
         for case, plan, lut_c, flops in cases:
-            for variant, cfg in SWEEP:
-                row = {"shape": name, "case": case, "variant": variant, "config": "/".join(map(str, cfg))}
+            for tier, cfg, tma in sweep_entries(tiers):
+                row = {"shape": name, "case": case, "tier": tier, "config": "/".join(map(str, cfg)), "tma": tma}
 
-                def fn(plan=plan, lut_c=lut_c, variant=variant, cfg=cfg):
+                def fn(plan=plan, lut_c=lut_c, cfg=cfg, tma=tma):
                     return fused_attention(*comfy, plan, heads=heads, lut=lut_c, _lut_only=lut_c is not None,
-                                           _variant=variant, _config=cfg)
+                                           _descriptors=tma, _config=cfg)
                 try:
                     t0 = time.perf_counter()
                     out = fn()
@@ -281,7 +298,7 @@ def sweep(shapes: list[str], peak: float, env: dict) -> list:
                     tf = flops / ms / 1e9
                     row.update(ms=round(ms, 3), tflops=round(tf, 1), pct_peak=round(100 * tf / peak, 1),
                                vs_sdpa=round(base_ms / ms, 2))
-                except Exception as e:  # noqa: BLE001 - a variant that does not compile is a row with its reason
+                except Exception as e:  # noqa: BLE001 - a config that does not compile is a row with its reason
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -292,14 +309,14 @@ def sweep(shapes: list[str], peak: float, env: dict) -> list:
 
 
 def sweep_table(rows: list) -> str:
-    out = ["| shape | case | variant | config BM/BN/warps/stages | ms | TFLOP/s | % peak | vs SDPA | rel. vs base |",
+    out = ["| shape | case | tier | config BM/BN/warps/stages | ms | TFLOP/s | % peak | vs SDPA | rel. vs base |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['shape']} | {r['case']} | {r['variant']} | {r['config']} | {r['error'][:80]} | | | | |")
+            out.append(f"| {r['shape']} | {r['case']} | {r['tier']} | {r['config']} | {r['error'][:80]} | | | | |")
         else:
             rel = f"{r['rel_vs_base']:.1e}" if "rel_vs_base" in r else ""
-            out.append(f"| {r['shape']} | {r['case']} | {r['variant']} | {r['config']} | {r['ms']:.3f} | "
+            out.append(f"| {r['shape']} | {r['case']} | {r['tier']} | {r['config']} | {r['ms']:.3f} | "
                        f"{r['tflops']:.0f} | {r['pct_peak']:.0f} | {r['vs_sdpa']} | {rel} |")
     return "\n".join(out)
 
@@ -322,13 +339,17 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--providers", default="", help="comma-separated peer names to time (default: all)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out") + "/bench")
-    ap.add_argument("--sweep", action="store_true", help="time the kernel's variants x configs side by side instead")
+    ap.add_argument("--sweep", action="store_true", help="time every tier's configs side by side instead")
+    ap.add_argument("--cases", default="", help="--sweep: comma-separated cases (dense, window0+anchor0, random10)")
+    ap.add_argument("--tiers", default="", help="comma-separated launch tiers (kernels/configs.py): --sweep times "
+                    "their configs; the bench runs each SparseFlow row once per tier (default: the device's own)")
     a = ap.parse_args()
     env = environment()
     if a.sweep:
         peak = matmul_peak()
         print(f"sweep: bf16 matmul 8192^3 peak {peak:.1f} TFLOP/s on {env['gpu']}; {env}", flush=True)
-        rows = sweep(a.shapes.split(","), peak, env)
+        rows = sweep(a.shapes.split(","), peak, env, a.tiers.split(",") if a.tiers else ["hopper", "a100", "consumer"],
+                     set(a.cases.split(",")) if a.cases else None)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out + "_sweep.json").write_text(json.dumps({"env": env, "peak_tflops": peak, "rows": rows}, indent=1))
         md = sweep_table(rows)
@@ -344,8 +365,9 @@ def main() -> None:
     print(f"bench: bf16 matmul 8192^3 peak {peak:.1f} TFLOP/s on {env['gpu']}", flush=True)
     rows: list = []
     providers = set(a.providers.split(",")) if a.providers else None
+    tiers = a.tiers.split(",") if a.tiers else [None]
     for name in a.shapes.split(","):
-        run_shape(name, peak, peers, reasons, providers, rows, env)
+        run_shape(name, peak, peers, reasons, providers, rows, env, tiers)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps({"env": env, "peak_tflops": peak, "rows": rows}, indent=1))
     md = table(rows)

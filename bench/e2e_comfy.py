@@ -17,6 +17,8 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sparseflow_spNNN the same with the Patch node's sparsity slider at NNN/100 (e.g. sparseflow_sp030)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
   <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
+  <name>@<tier>    the fused kernel's launch configs forced to a tier of kernels/configs.py ($SPARSEFLOW_LAUNCH_TIER),
+                   e.g. sparseflow@consumer: the configs an RTX 30/40/50 card gets, run on this GPU (a proxy)
 
 Per configuration: seconds per step (mean of steps 1.., step 0 holds warm-up/compile/autotune; with
 --warmup-steps N an untimed N-step sampling runs first and s/step is the mean of all steps), total,
@@ -52,6 +54,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 __import__("pack_package").load_pack_package()  # repo root: `bench.e2e.*`; tests/: the pack loader
 
+from comfyui_sparseflow.kernels.configs import TIER_ENV  # noqa: E402
 from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, schedule_preset  # noqa: E402
 
 from bench.e2e import boot  # noqa: E402
@@ -73,9 +76,9 @@ def _git_commit() -> str:
 
 
 def comfyui_tree(comfy) -> str:
-    """Which ComfyUI tree runs: $SPARSEFLOW_COMFY_TREE (bench/run_e2e_gpu.sh sets it), else "newest-overlay" when the
+    """Which ComfyUI tree runs: $SPARSEFLOW_E2E_TREE (bench/run_e2e_gpu.sh sets it), else "newest-overlay" when the
     Wan forward passes AttentionTensorContainers (../shared/comfyui/newest-overlay), else ComfyUI's version."""
-    named = os.environ.get("SPARSEFLOW_COMFY_TREE")
+    named = os.environ.get("SPARSEFLOW_E2E_TREE")
     if named:
         return named
     return "newest-overlay" if hasattr(comfy.attention, "AttentionTensorContainer") else comfy.version
@@ -157,7 +160,7 @@ class Bench:
 
     # -- configurations ------------------------------------------------------------------------------------
     def _patched(self, name: str):
-        base = name.split("+")[0]
+        base = name.split("+")[0].split("@")[0]
         m = self.model.clone()
         notes: dict = {}
         if base == "sage":
@@ -220,6 +223,18 @@ class Bench:
                                         self.latent, callback=callback, disable_pbar=True, seed=a.seed)
 
     def run(self, name: str) -> dict:
+        """One configuration; `<config>@<tier>` runs it with the fused kernel's launch configs forced to a tier
+        (kernels/configs.py, e.g. `sparseflow@consumer`: an RTX card's configs on this GPU, a proxy)."""
+        tier = name.split("+")[0].partition("@")[2]
+        if not tier:
+            return self._run(name)
+        os.environ[TIER_ENV] = tier
+        try:
+            return self._run(name)
+        finally:
+            os.environ.pop(TIER_ENV, None)
+
+    def _run(self, name: str) -> dict:
         a = self.args
         row: dict = {"config": name, "compile": name.endswith("+compile")}
         if self.cuda:

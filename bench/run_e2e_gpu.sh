@@ -15,7 +15,8 @@
 #   bash bench/run_e2e_gpu.sh trees tiny           # CPU: the same two-tree path on a tiny checkpoint (tests do this)
 #
 # .comfy_e2e/  the .py files of ComfyUI 0.3.64's comfy/, comfy_api/ and the root modules they import (about
-#          3 MB; from $COMFYUI_SRC, default ../shared/comfyui/0.3.64 when present, else /opt/ComfyUI). Never committed.
+#          3 MB; from $COMFYUI_SRC, default ../shared/comfyui/0.3.64 when present, else /opt/ComfyUI;
+#          see docs/testing.md). Never committed.
 # .comfy_e2e_newest/  the same files with ../shared/comfyui/newest-overlay/files copied over them and its
 #          with_comfy_kitchen.py applied: newest ComfyUI's Wan forward (containers, attn1/attn2 patches, block_index,
 #          grid_sizes) calling comfy_kitchen's apply_rope1 and adaln on CUDA as newest ComfyUI does.
@@ -117,11 +118,11 @@ trees() {  # trees MODEL [args]: the newest-shape tree, then 0.3.64, in one call
     done
     setup_gpu
     if [ "$newest" != - ]; then
-        COMFYUI_PATH="$TREES/.comfy_e2e_newest" SPARSEFLOW_COMFY_TREE="$NEWEST_TREE_NAME" \
+        COMFYUI_PATH="$TREES/.comfy_e2e_newest" SPARSEFLOW_E2E_TREE="$NEWEST_TREE_NAME" \
             e2e "$model" --configs "$newest" --tag _newest "${@:2}"
     fi
     if [ "$old" != - ]; then
-        COMFYUI_PATH="$TREES/.comfy_e2e" SPARSEFLOW_COMFY_TREE=0.3.64 e2e "$model" --configs "$old" --tag _0364 "${@:2}"
+        COMFYUI_PATH="$TREES/.comfy_e2e" SPARSEFLOW_E2E_TREE=0.3.64 e2e "$model" --configs "$old" --tag _0364 "${@:2}"
     fi
 }
 

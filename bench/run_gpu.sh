@@ -2,8 +2,11 @@
 # On the GPU machine (the `run` tool, from the repo root, peers carried in .peers/ by bench/prepare_peers.sh):
 # GPU tests of the kernel and the op, then the bench; logs, JSON rows and the markdown table go to $OUT.
 #
-#   bash bench/run_gpu.sh [all|tests|bench|sweep|profile|prologue]  SHAPES=wan13b_480p,wan14b_720p picks bench shapes
-#   sweep: the fused kernel's code variants x launch configs side by side (bench_attention.py --sweep)
+#   bash bench/run_gpu.sh [all|tests|bench|sweep|tiers|profile|prologue]  SHAPES=wan13b_480p,wan14b_720p picks shapes
+#   sweep: every launch tier's configs side by side (bench_attention.py --sweep; kernels/configs.py)
+#   tiers: the kernel tests with each smaller tier's configs forced ($SPARSEFLOW_LAUNCH_TIER: what an A100 and an
+#          RTX 30/40/50 card get, on this GPU), then the bench's SparseFlow rows once per tier, and the config sweep
+#          (TIER_PARTS="tests bench sweep" picks parts; TEST_TIERS, TIERS, TIER_SHAPES pick tiers and shapes)
 #   profile: Nsight Compute on one launch per case of bench/profile_kernel.py (CASES=w0_13b,dense_13b,w0_14b)
 #   prologue: the fused QK-norm + RoPE prologue against ComfyUI's code path (bench/bench_prologue.py)
 set -uo pipefail
@@ -25,6 +28,28 @@ if [[ "$STAGE" == all || "$STAGE" == tests ]]; then
 fi
 if [[ "$STAGE" == all || "$STAGE" == bench ]]; then
     python3 bench/bench_attention.py --shapes "$SHAPES" --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+PARTS="${TIER_PARTS:-tests bench sweep}"
+if [[ "$STAGE" == tiers && "$PARTS" == *tests* ]]; then
+    for tier in ${TEST_TIERS:-consumer a100}; do
+        start=$(date +%s)
+        SPARSEFLOW_LAUNCH_TIER=$tier python3 -m pytest tests/test_kernels.py -q -s -p no:cacheprovider \
+            -o addopts="-rs" 2>&1 | tee "$OUT/tests_$tier.log"
+        rc=$(( rc | PIPESTATUS[0] ))
+        echo "run_gpu: kernel tests with tier $tier forced: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" \
+            | tee -a "$OUT/tests_$tier.log"
+    done
+fi
+if [[ "$STAGE" == tiers && "$PARTS" == *bench* ]]; then
+    python3 bench/bench_attention.py --shapes "${TIER_SHAPES:-wan13b_480p,wan14b_720p}" --providers sdpa_default \
+        --tiers "${TIERS:-hopper,a100,consumer}" --out "$OUT/bench_tiers" 2>&1 | tee "$OUT/bench_tiers.log"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+if [[ "$STAGE" == tiers && "$PARTS" == *sweep* ]]; then
+    python3 bench/bench_attention.py --sweep --shapes "${TIER_SHAPES:-wan13b_480p,wan14b_720p}" \
+        --cases window0+anchor0 --tiers "${TIERS:-hopper,a100,consumer}" --out "$OUT/bench_tiers" 2>&1 \
+        | tee "$OUT/sweep_tiers.log"
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 if [[ "$STAGE" == sweep ]]; then

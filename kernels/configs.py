@@ -1,85 +1,144 @@
-"""Launch configurations and code variants of the fused SparseFlow kernel: the Hopper autotune list, one CI config.
+"""Launch configurations of the fused SparseFlow kernel, chosen per device from the shared memory it allows.
 
-After Triton's 06-fused-attention tutorial (`configs` + `keep()`): BLOCK_M 64/128 query rows, BLOCK_N 64/128
-keys per tile, 4/8 warps, 2-4 pipeline stages. Both tile sizes must divide the spec block (64 or 128),
-so a spec block is walked as whole kernel tiles. Under TRITON_INTERPRET=1 (CPU CI) one small fixed
-config runs and nothing is tuned.
+After Triton's 06-fused-attention tutorial (`configs` + `keep()`), with one list per tier of device: the tier is
+the largest whose shared-memory budget the device's opt-in maximum per block covers (ANCHORS.md: sm_90/100
+232448 B; A100 sm_80 166912 B; RTX 30/40/50 sm_86/89/120 101376 B). Every listed config of a tier fits that
+budget when compiled for every target of the tier, for every call kind (top-k LUT, compensation, linear
+heads): `tests/test_launch_targets.py` cross-compiles them for sm_80/86/89/90/100/120 in CI. At run time
+`keep()` also compiles each candidate for the device at hand and drops one that asks for more shared memory
+than the device allows (another Triton version can lay memory out differently), so a launch never asks for
+more than the device has; when none fits, the launch raises `KernelLaunchError` with the sizes.
 
-Code variants (constexpr flags of the kernel), chosen by $SPARSEFLOW_KERNEL_VARIANT or the bench's `_variant`,
-so one GPU run can time them side by side (`bench_attention.py --sweep`); timings in docs/performance.md:
-- "base": the first version: every key tile masked, logits scaled then masked;
-- "fast": only the partial last key block's tiles are masked, qk_scale folded into the exp2 argument (one FMA);
-- "tma": "fast" with K/V tiles through on-device tensor descriptors (Hopper copy engine);
-- "tma_ws": "tma" with Triton's automatic warp specialization of the structural loop;
-- "tma_lean": "tma" compiled per call kind: the top-k LUT, compensation and linear paths only when the call
-  has them (constexpr HAS_LUT / HAS_COMP / HAS_LINEAR), so the main loop carries fewer live registers.
+Only the Hopper tier reads K/V through tensor descriptors (TMA): sm_90/sm_100 have the copy engine, and RTX
+cards are served by the pointer path. `$SPARSEFLOW_LAUNCH_TIER` (a tier name) forces a tier's configs and
+descriptor choice on any device: on an H200 it measures what an RTX card's configs give (a proxy), and the
+GPU tests run with it too. Under TRITON_INTERPRET=1 (CPU CI) one small fixed config runs and nothing is tuned.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["AUTOTUNE_KEY", "DEFAULT_VARIANT", "INTERPRET", "VARIANTS", "autotune_configs", "interpret_config",
-           "kernel_flags", "keep", "variant_flags"]
+from ..sparseflow.inputs import KernelLaunchError
+
+__all__ = ["AUTOTUNE_KEY", "INTERPRET", "TIERS", "TIER_ENV", "TIER_NAMES", "DeviceLimits", "LaunchConfig", "Tier",
+           "device_limits", "interpret_config", "keep", "launch_configs", "tier_for", "use_descriptors"]
 
 log = logging.getLogger("sparseflow.kernels")
 _logged: set = set()
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "FAST", "TMA", "WS", "HAS_LUT", "HAS_COMP", "HAS_LINEAR"]
-ENV_VARIANT = "SPARSEFLOW_KERNEL_VARIANT"
-
-VARIANTS = {
-    "base": {"FAST": False, "TMA": False, "WS": False, "LEAN": False},
-    "fast": {"FAST": True, "TMA": False, "WS": False, "LEAN": False},
-    "tma": {"FAST": True, "TMA": True, "WS": False, "LEAN": False},
-    "tma_ws": {"FAST": True, "TMA": True, "WS": True, "LEAN": False},
-    "tma_lean": {"FAST": True, "TMA": True, "WS": False, "LEAN": True},
-}
-DEFAULT_VARIANT = "tma_lean"
-
-_SPACE = [
-    # (BLOCK_M, BLOCK_N, num_warps, num_stages). The H100 sweep of 2026-11-25 (docs/performance.md): 128/128/8/3
-    # fastest on every Wan row; 128/128/8/2 runs out of shared memory with descriptors (three pipelined loops);
-    # BLOCK_M 128 on 4 warps is 30 % slower. 64/64 serves spec block 64.
-    (128, 128, 8, 3),
-    (128, 64, 8, 3),
-    (64, 64, 4, 3),
-    (64, 64, 4, 4),
-]
+TIER_ENV = "SPARSEFLOW_LAUNCH_TIER"
+# TIER: the tier's index (a runtime int of the kernel, there only for this key: two devices of different tiers in
+# one process tune apart); the flags are the call kind's constexprs
+AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "TIER", "TMA", "HAS_LUT", "HAS_COMP", "HAS_LINEAR"]
 
 
-def variant_flags(name: str | None = None) -> tuple[str, dict]:
-    """(name, kernel constexpr flags) of a variant: `name`, else $SPARSEFLOW_KERNEL_VARIANT, else the default."""
-    name = name or os.environ.get(ENV_VARIANT) or DEFAULT_VARIANT
-    if name not in VARIANTS:
-        raise ValueError(f"fused kernel variant must be one of {sorted(VARIANTS)}, got {name!r}")
-    return name, dict(VARIANTS[name])
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One launch of the fused kernel: query rows and keys per tile, warps, software-pipeline stages.
+
+    `with_lut=False`: not for calls with a top-k LUT (that path's second pipelined loop needs more memory).
+    """
+
+    block_m: int
+    block_n: int
+    warps: int
+    stages: int
+    with_lut: bool = True
+
+    def triton(self) -> triton.Config:
+        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, num_warps=self.warps,
+                             num_stages=self.stages)
 
 
-def autotune_configs() -> list:
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in _SPACE]
+@dataclass(frozen=True)
+class Tier:
+    """Devices whose opt-in shared memory per block is at least `shared_memory` bytes, and their configs."""
+
+    name: str
+    shared_memory: int
+    majors: tuple[int, ...]  # compute capability majors it serves (empty: any)
+    descriptors: bool  # K/V through tensor descriptors (needs the sm_90+ copy engine)
+    block128: tuple[LaunchConfig, ...]
+    block64: tuple[LaunchConfig, ...]
 
 
-def keep(configs, named_args, **kwargs) -> list:
-    """Drop configs whose tiles do not divide the spec block (BLOCK), that cannot fit D=128 in smem, or whose
-    BLOCK_M is under the spec block (slower there, and each one is a compile on the first call)."""
-    args = {**named_args, **kwargs}
-    block, d = args["BLOCK"], args["HEAD_DIM"]
-    out = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if block % bm or block % bn or bm < min(block, 128):
-            continue
-        if d == 128 and bn == 128 and c.num_stages > 3:
-            continue
-        out.append(c)
-    return out or configs[-1:]
+C = LaunchConfig
+TIERS = (
+    # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history)
+    Tier("hopper", 232448, (9,), True,
+         (C(128, 128, 8, 3), C(128, 64, 8, 3)),
+         (C(64, 64, 4, 3), C(64, 64, 4, 4))),
+    # B200 (sm_100): the same budget, but 128/128/8/3 compiles to 544 B over it there (tcgen05 MMA)
+    Tier("blackwell", 232448, (10,), True,
+         (C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
+         (C(64, 64, 4, 3), C(64, 64, 4, 4))),
+    # A100 (and sm_87): 128/128/8/3 takes exactly its 166912 B on sm_80.
+    Tier("a100", 166912, (), False,
+         (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
+         (C(64, 64, 4, 3), C(64, 64, 4, 2))),
+    # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop.
+    Tier("consumer", 101376, (), False,
+         (C(128, 64, 8, 3), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False)),
+         (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
+    # 64 KiB parts (sm_75 T4 and the like)
+    Tier("small", 0, (), False,
+         (C(128, 32, 8, 2), C(64, 32, 4, 2)),
+         (C(64, 32, 4, 2),)),
+)
+TIER_NAMES = tuple(t.name for t in TIERS)
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What a device allows a kernel launch: compute capability and opt-in shared memory per block (bytes)."""
+
+    capability: tuple[int, int]
+    shared_memory: int
+    name: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name or 'device'} (sm_{self.capability[0]}{self.capability[1]}, " \
+               f"{self.shared_memory // 1024} KiB shared memory per block)"
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    """The limits of a CUDA device, read from its properties."""
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or getattr(props, "shared_memory_per_block", 0)
+    return DeviceLimits((props.major, props.minor), int(smem), props.name)
+
+
+def tier_for(limits: DeviceLimits) -> Tier:
+    """The tier serving a device: `$SPARSEFLOW_LAUNCH_TIER` when set, else the largest whose budget it covers."""
+    forced = os.environ.get(TIER_ENV)
+    if forced:
+        if forced not in TIER_NAMES:
+            raise ValueError(f"${TIER_ENV} must be one of {TIER_NAMES}, got {forced!r}")
+        return TIERS[TIER_NAMES.index(forced)]
+    for tier in TIERS:  # the last tier takes any device: keep() then says what its configs need
+        if limits.shared_memory >= tier.shared_memory and (not tier.majors or limits.capability[0] in tier.majors):
+            return tier
+    return TIERS[-1]
+
+
+def use_descriptors(limits: DeviceLimits, tier: Tier) -> bool:
+    """K/V through tensor descriptors: the tier takes them and the device has the sm_90+ copy engine."""
+    return tier.descriptors and limits.capability[0] >= 9 and hasattr(tl, "make_tensor_descriptor") \
+        and hasattr(triton, "set_allocator")
+
+
+def launch_configs(tier: Tier, block: int, has_lut: bool) -> list[LaunchConfig]:
+    """The tier's configs for a spec block (tiles dividing it) and call kind."""
+    listed = tier.block128 if block == 128 else tier.block64
+    return [c for c in listed if block % c.block_m == 0 and block % c.block_n == 0 and (c.with_lut or not has_lut)]
 
 
 def interpret_config() -> dict:
@@ -87,19 +146,66 @@ def interpret_config() -> dict:
     return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
 
 
+def keep(configs, named_args, **kwargs) -> list:
+    """Autotune prune: the device tier's configs for this spec block and call kind, minus any that this Triton
+    compiles to more shared memory than the device allows. Raises KernelLaunchError when none fits."""
+    from .fused import _jit_kernel  # the kernel this prunes for; imported here, after both modules exist
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}  # the autotuner's launch kwargs
+    args = {**named_args, **kwargs}
+    limits = device_limits(args["Q"].device)
+    tier = TIERS[args["TIER"]]
+    wanted = {(c.block_m, c.block_n, c.warps, c.stages)
+              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]))}
+    fits, needs = [], []
+    for c in configs:
+        key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+        if key not in wanted:
+            continue
+        compiled = _jit_kernel.warmup(**named_args, **kwargs, **c.kwargs, num_warps=c.num_warps,
+                                      num_stages=c.num_stages, grid=(1,))
+        shared = int(compiled.metadata.shared)
+        if shared <= limits.shared_memory:
+            fits.append(c)
+        else:
+            needs.append((shared, key))
+            _log_once(("too big", key, limits), "fused kernel config %s needs %d B shared memory with triton %s; "
+                      "%s allows %d B: skipped", "/".join(map(str, key)), shared, triton.__version__,
+                      limits.name, limits.shared_memory)
+    if not fits:
+        least = min(needs)[0] if needs else 0
+        raise KernelLaunchError(f"the fused kernel cannot launch on {limits.describe()}: its smallest config for "
+                                f"this call needs {least / 1024:.0f} KiB shared memory, the device allows "
+                                f"{limits.shared_memory / 1024:.0f} KiB (tier {tier.name}, triton "
+                                f"{triton.__version__})")
+    return fits
+
+
+def all_configs() -> list:
+    """Every tier's configs once, as triton.Config (the autotuner's list; `keep` picks per device and call)."""
+    seen, out = set(), []
+    for tier in TIERS:
+        for c in tier.block128 + tier.block64:
+            key = (c.block_m, c.block_n, c.warps, c.stages)
+            if key not in seen:
+                seen.add(key)
+                out.append(c.triton())
+    return out
+
+
+def _log_once(key: object, msg: str, *args: object) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        log.warning(msg, *args)
+
+
 def _tma_scratch(size: int, alignment: int, stream):
     """Global scratch for on-device tensor descriptors (triton.set_allocator)."""
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def _tma_refusal(*ts) -> str | None:
-    """Why K/V cannot go through tensor descriptors here (None if they can): Hopper+, 16-byte rows and bases."""
-    if INTERPRET:
-        return "the CPU interpreter runs the pointer path"
-    if torch.cuda.get_device_capability(ts[0].device)[0] < 9:
-        return "tensor descriptors need compute capability 9.0+"
-    if not hasattr(tl, "make_tensor_descriptor") or not hasattr(triton, "set_allocator"):
-        return f"triton {triton.__version__} has no tl.make_tensor_descriptor"
+def descriptor_refusal(*ts: torch.Tensor) -> str | None:
+    """Why K/V cannot go through tensor descriptors here (None if they can): 16-byte rows and bases."""
     esize = ts[0].element_size()
     for t in ts:
         if t.data_ptr() % 16 or any((s * esize) % 16 for s in t.stride()[:3]):
@@ -107,17 +213,25 @@ def _tma_refusal(*ts) -> str | None:
     return None
 
 
-def kernel_flags(name: str | None, kb, vb) -> dict:
-    """Kernel constexpr flags of the chosen variant; TMA falls back to pointer loads where it cannot run."""
-    name, flags = variant_flags(name)
-    why = _tma_refusal(kb, vb) if flags["TMA"] else None
-    if why is not None:
-        flags["TMA"] = flags["WS"] = False
-    elif flags["TMA"] and "allocator" not in _logged:
+def ensure_allocator() -> None:
+    """Give Triton the global scratch that on-device tensor descriptors need (once per process)."""
+    if "allocator" not in _logged:
         _logged.add("allocator")
         triton.set_allocator(_tma_scratch)
-    key = (name, why)
+
+
+def launch_plan(kb: torch.Tensor, vb: torch.Tensor) -> tuple[int, bool]:
+    """(tier index, descriptors on) for a call on kb's device; sets Triton's descriptor allocator on first use and
+    logs the tier once per device."""
+    limits = device_limits(kb.device)
+    tier = tier_for(limits)
+    tma = use_descriptors(limits, tier)
+    why = descriptor_refusal(kb, vb) if tma else None
+    key = ("tier", limits, tier.name, why)
     if key not in _logged:
         _logged.add(key)
-        log.info("fused kernel variant %s%s", name, f" with pointer loads ({why})" if why else "")
-    return flags
+        log.info("fused kernel on %s: tier %s%s%s", limits.describe(), tier.name,
+                 " (forced by $%s)" % TIER_ENV if os.environ.get(TIER_ENV) else "",
+                 ", K/V through tensor descriptors" if tma and why is None else
+                 f", pointer loads ({why})" if why else ", pointer loads")
+    return TIER_NAMES.index(tier.name), tma and why is None

@@ -62,12 +62,12 @@ def _online_update(acc, m_i, l_i, qk, v):
 @triton.jit
 def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
-              FAST: tl.constexpr, TMA: tl.constexpr):
+              TMA: tl.constexpr):
     """Exact attention to keys [start_n, start_n + BLOCK_N); with MASKED, keys >= lim are masked (lim = L, or 0).
 
-    FAST: the max is taken on the raw logits and qk_scale is folded into the exp2 argument (one FMA per
-    logit; scale > 0), and the l update follows the PV dot (Triton 06). TMA: K and V tiles come through
-    tensor descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED.
+    The max is taken on the raw logits and qk_scale is folded into the exp2 argument (one FMA per logit;
+    scale > 0), and the l update follows the PV dot (Triton 06). TMA: K and V tiles come through tensor
+    descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if TMA:
@@ -86,19 +86,15 @@ def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, st
     k = _op(k, UPCAST)
     v = _op(v, UPCAST)
     qk = tl.dot(q, k)
-    if FAST:
-        if MASKED:
-            qk = tl.where((offs_n < lim)[None, :], qk, -1.0e30)
-        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        return acc, m_ij, l_i
-    else:  # the first version, kept to time against: scale, then mask every tile
-        qk = tl.where((offs_n < lim)[None, :], qk * qk_scale, -1.0e30)
-        return _online_update(acc, m_i, l_i, qk, v)
+    if MASKED:
+        qk = tl.where((offs_n < lim)[None, :], qk, -1.0e30)
+    m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+    alpha = tl.math.exp2(m_i - m_ij)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return acc, m_ij, l_i
 
 
 def _fused_fwd_kernel(
@@ -106,17 +102,16 @@ def _fused_fwd_kernel(
     ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
-    qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS,
+    qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS, TIER,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr, FAST: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
-    HAS_LUT: tl.constexpr = True, HAS_COMP: tl.constexpr = True, HAS_LINEAR: tl.constexpr = True,
+    UPCAST: tl.constexpr, TMA: tl.constexpr, HAS_LUT: tl.constexpr, HAS_COMP: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
 ):
     """O[b, h, rows of one query tile] = SparseFlow attention (spec §5); see the module docstring."""
     tl.static_assert(BLOCK % BLOCK_M == 0)
     tl.static_assert(BLOCK % BLOCK_N == 0)
     tl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)
     R: tl.constexpr = BLOCK // BLOCK_N
-    MASK_ALL: tl.constexpr = not FAST  # the first version masked every key tile
     NEG: tl.constexpr = -1.0e30
 
     # -- which (batch, head, query block) this program owns
@@ -194,10 +189,8 @@ def _fused_fwd_kernel(
         n3 = n3 + m3
         s4 = tl.where(a3b, s4, u4)
         n4 = n4 + m4
-        # FAST: the partial last key block leaves its range and runs after the loop, masked; the loop masks nothing
+        # the partial last key block leaves its range and runs after the loop, masked; the loop masks nothing
         tail = (L % BLOCK != 0) & (eff != 2)
-        if not FAST:
-            tail = tail & (L < 0)
         k0, d0 = _drop_tail(s0, n0, tail, N)
         k1, d1 = _drop_tail(s1, n1, tail, N)
         k2, d2 = _drop_tail(s2, n2, tail, N)
@@ -209,7 +202,7 @@ def _fused_fwd_kernel(
         n_struct = (k0 + k1 + k2 + k3 + k4 + k5 + k6) * R
 
         # -- structural key tiles: tile -> (piece, block) by a chain over the piece counts
-        for it in tl.range(0, n_struct, warp_specialize=WS):
+        for it in range(0, n_struct):
             c = it // R
             blk = s0 + c
             c = c - k0
@@ -226,34 +219,31 @@ def _fused_fwd_kernel(
             blk = tl.where(c >= 0, s6 + c, blk)
             start_n = blk * BLOCK + (it % R) * BLOCK_N
             acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, L,
-                                      qk_scale, BLOCK_N, HEAD_DIM, UPCAST, MASK_ALL, FAST, TMA)
+                                      qk_scale, BLOCK_N, HEAD_DIM, UPCAST, False, TMA)
         # the partial last block: only its tiles that hold keys < L
         last0 = (N - 1) * BLOCK
         for it in range(0, tl.where(tail_in, (L - last0 + BLOCK_N - 1) // BLOCK_N, 0)):
             acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
-                                      last0 + it * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM, UPCAST, True, FAST, TMA)
+                                      last0 + it * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM, UPCAST, True, TMA)
 
         # (HAS_LUT / HAS_COMP / HAS_LINEAR: constexpr, False compiles a path this call never takes out)
         kq = tl.where(eff == 1, tl.minimum(topk, KL), 0)
         if HAS_LUT:
-            # -- top-k key blocks from the LUT (disjoint from the structural set by construction); FAST: a row
-            # whose entries are all valid and miss the partial last block runs unmasked
-            clean = kq < 0
-            if FAST:
-                clean = _lut_clean(lut_row, kq, N, L % BLOCK != 0)
-            if clean:
+            # -- top-k key blocks from the LUT (disjoint from the structural set by construction); a row whose
+            # entries are all valid and miss the partial last block runs unmasked
+            if _lut_clean(lut_row, kq, N, L % BLOCK != 0):
                 for it in range(0, kq * R):
                     sel = tl.load(lut_row + it // R)
                     acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
                                               sel * BLOCK + (it % R) * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM,
-                                              UPCAST, False, FAST, TMA)
+                                              UPCAST, False, TMA)
             else:
                 for it in range(0, kq * R):
                     sel = tl.load(lut_row + it // R)
                     start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
                     acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
                                               start_n, tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM,
-                                              UPCAST, True, FAST, TMA)
+                                              UPCAST, True, TMA)
 
         if HAS_COMP:
             # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
@@ -325,7 +315,8 @@ def _fused_fwd_kernel(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < row_end)
 
 
-_RUNTIME_INTS = ["L", "P", "T", "F", "N", "NSEG", "KL", "COMP", "OWN", "FEATURE", "LUT_ONLY", "BATCH", "HEADS"]
+_RUNTIME_INTS = ["L", "P", "T", "F", "N", "NSEG", "KL", "COMP", "OWN", "FEATURE", "LUT_ONLY", "BATCH", "HEADS",
+                 "TIER"]
 _jit_kernel = triton.jit(do_not_specialize=_RUNTIME_INTS)(_fused_fwd_kernel)  # the kernel, jitted once
 _tuned_kernel = None
 
@@ -339,7 +330,7 @@ def _kernel():
         extra = {}
         if "cache_results" in inspect.signature(triton.autotune).parameters:
             extra["cache_results"] = True  # later processes reuse the tuning from Triton's disk cache
-        _tuned_kernel = triton.autotune(configs=configs.autotune_configs(), key=configs.AUTOTUNE_KEY,
+        _tuned_kernel = triton.autotune(configs=configs.all_configs(), key=configs.AUTOTUNE_KEY,
                                         prune_configs_by={"early_config_prune": configs.keep}, **extra)(_jit_kernel)
     return _tuned_kernel
 
@@ -356,15 +347,17 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
                     heads: int | None = None, lut: torch.Tensor | None = None, _lut_only: bool = False,
-                    _variant: str | None = None, _config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                    _config: tuple[int, int, int, int] | None = None, _descriptors: bool | None = None) -> torch.Tensor:
     """SparseFlow attention of one call in one fused Triton launch (plus the small pre-pass).
 
     Same contract as `sparseflow.reference.reference_attention`: (B, H, L, D) or (B, L, H*D) with `heads`,
     fp16/bf16, D in {64, 128}; returns q's layout and dtype. `lut` is the (B, H, N, K) top-k LUT of
     `masks.topk_lut` (computed when None and a sparse head has topk > 0). `_lut_only` (bench only) makes
-    sparse heads compute just the LUT's blocks, to time a given random block mask. `_variant` (a name of
-    `configs.VARIANTS`) and `_config` ((BLOCK_M, BLOCK_N, num_warps, num_stages), skipping the autotuner) are
-    for the bench's side-by-side sweep.
+    sparse heads compute just the LUT's blocks, to time a given random block mask. `_config` ((BLOCK_M, BLOCK_N,
+    num_warps, num_stages), skipping the autotuner) is for the bench's side-by-side sweep; `_descriptors` forces the
+    K/V load path (tests: the descriptor path under the CPU interpreter). The launch configs
+    and the K/V load path follow the device's tier (kernels/configs.py); a device that cannot launch any of
+    them raises `KernelLaunchError` with the shared memory asked and allowed.
     """
     bsz, nh, length, d = check_qkv(q, k, v, plan, heads, op="fused_attention")
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -406,9 +399,15 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
             qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
             int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
-    flags = configs.kernel_flags(_variant, kb, vb)
-    if flags.pop("LEAN"):
-        flags.update(HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads), HAS_LINEAR=bool(linear_heads))
+    tier, tma = (0, False) if configs.INTERPRET else configs.launch_plan(kb, vb)
+    if _descriptors is not None:
+        tma = _descriptors
+    if tma and not configs.INTERPRET:
+        configs.ensure_allocator()
+    # the call kind: paths a call never takes are compiled out (fewer live registers, less shared memory)
+    flags = dict(TMA=tma, HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads),
+                 HAS_LINEAR=bool(linear_heads))
+    args = (*args, tier)
     if configs.INTERPRET or _config is not None:
         if _config is None:
             cfg = configs.interpret_config()

@@ -67,7 +67,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, wq_ptr, wk_ptr, f_ptr, oq_ptr, ok_ptr,
                    C, BLOCK_T, BLOCK_C)
 
 
-def _launch_shape(c: int) -> tuple[int, int, int]:
+def launch_shape(c: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_C, num_warps): about 8K elements per program on the GPU, two tokens in the interpreter."""
     block_c = triton.next_power_of_2(c)
     if INTERPRET:
@@ -87,7 +87,7 @@ def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.T
     oq = torch.empty((bsz, length, c), dtype=q.dtype, device=q.device)
     ok = torch.empty_like(oq)
     rows = bsz * length
-    block_t, block_c, warps = _launch_shape(c)
+    block_t, block_c, warps = launch_shape(c)
     grid = (triton.cdiv(rows, block_t),)
     _norm_rope_kernel[grid](q, k, wq, wk, freqs, oq, ok,
                             q.stride(0), q.stride(1), k.stride(0), k.stride(1), oq.stride(0), oq.stride(1),

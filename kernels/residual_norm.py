@@ -75,7 +75,7 @@ def _add_norm_kernel(x_ptr, y_ptr, g_ptr, w_ptr, b_ptr, sh_ptr, sc_ptr, s_ptr, n
         tl.store(n_ptr + out_off, n.to(dtype), mask=ok)
 
 
-def _launch_shape(c: int) -> tuple[int, int, int]:
+def launch_shape(c: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_C, num_warps): about 4K elements per program on the GPU, two tokens in the interpreter."""
     block_c = triton.next_power_of_2(c)
     if INTERPRET:
@@ -107,7 +107,7 @@ def add_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None,
     s = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if y is not None else x
     n = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if norm else None
     out = n if n is not None else s
-    block_t, block_c, warps = _launch_shape(c)
+    block_t, block_c, warps = launch_shape(c)
     grid = (triton.cdiv(rows, block_t),)
     dummy = x
     _add_norm_kernel[grid](

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import unicodedata
 from pathlib import Path
 
 from comfy_api.latest import io
@@ -28,13 +28,15 @@ from ..sparseflow.routing_file import load_routing, save_routing
 from .types import RoutingType, schema
 
 __all__ = ["FOLDER", "SparseFlowRouting", "SparseFlowSaveRouting", "build_routing", "register_folder",
-           "routing_files", "sanitize_filename"]
+           "routing_files", "checked_filename"]
 
 log = logging.getLogger("sparseflow.nodes")
 
 FOLDER = "sparseflow"
 NO_FILE = "none"
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_NAME = 120
+_ALLOWED = f"letters, digits, spaces, '.', '_', '-' (at most {MAX_NAME} characters)"
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 def register_folder() -> None:
@@ -68,25 +70,32 @@ def build_routing(preset: str, file: str, layers: int, heads: int, overrides: st
     return with_overrides(rmap, parse_overrides(overrides))
 
 
-def sanitize_filename(name: str) -> str:
-    """A safe file name: no path separators or "..", only [A-Za-z0-9._-], ".safetensors" added.
+def checked_filename(name: str) -> str:
+    """The file name for `name`, with ".safetensors" added; never a rewrite of it.
 
-    Path separators and ".." raise ValueError (never silently rewritten into another path); other characters
-    become "_".
+    Allowed: letters and digits of any script, spaces, '.', '_', '-', at most 120 characters, not starting with
+    '.' or ending with '.' or a space. Anything else raises ValueError naming it, so two different names are two
+    different files (a name is NFC-normalised first: two spellings of one accented letter are one name).
     """
+    what = "SparseFlow Save Routing: filename"
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("SparseFlow Save Routing: filename is empty; allowed: letters, digits, '.', '_', '-'")
-    name = name.strip()
-    if "/" in name or "\\" in name or ".." in name or os.sep in name:
-        raise ValueError(f"SparseFlow Save Routing: filename '{name}' contains a path separator or '..'; "
-                         "allowed: a plain file name (it is saved in models/sparseflow)")
+        raise ValueError(f"{what} is empty; allowed: {_ALLOWED}")
+    name = unicodedata.normalize("NFC", name.strip())
     if name.lower().endswith(".safetensors"):
         name = name[: -len(".safetensors")]
-    name = _SAFE.sub("_", name).lstrip(".")
-    if not name:
-        raise ValueError("SparseFlow Save Routing: filename has no usable character; allowed: letters, digits, "
-                         "'.', '_', '-'")
-    return name[:120] + ".safetensors"
+    shown = name if len(name) <= 60 else f"{name[:60]}..."
+    if "/" in name or "\\" in name or ".." in name:
+        raise ValueError(f"{what} '{shown}' contains a path separator or '..'; allowed: a plain file name (it is "
+                         "saved in models/sparseflow)")
+    bad = sorted({c for c in name if not (c.isalnum() or c in " ._-")})
+    if bad:
+        raise ValueError(f"{what} '{shown}' contains {', '.join(repr(c) for c in bad[:5])}; allowed: {_ALLOWED}")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{what} has {len(name)} characters; allowed: at most {MAX_NAME}")
+    if not name or name.startswith(".") or name.endswith((".", " ")) or name.split(".")[0].upper() in _RESERVED:
+        raise ValueError(f"{what} '{shown}' is not usable on every system (a leading or trailing '.', or a "
+                         f"reserved device name); allowed: {_ALLOWED}")
+    return name + ".safetensors"
 
 
 def save_routing_file(rmap: RoutingMap, filename: str, overwrite: bool = False) -> Path:
@@ -96,7 +105,7 @@ def save_routing_file(rmap: RoutingMap, filename: str, overwrite: bool = False) 
     if FOLDER not in folder_paths.folder_names_and_paths:
         register_folder()
     folder = Path(folder_paths.get_folder_paths(FOLDER)[0]).resolve()
-    path = (folder / sanitize_filename(filename)).resolve()
+    path = (folder / checked_filename(filename)).resolve()
     if path.parent != folder:
         raise ValueError(f"SparseFlow Save Routing: '{filename}' would leave {folder}")
     try:
@@ -126,9 +135,11 @@ class SparseFlowRouting(io.ComfyNode):
                                tooltip="A routing map from models/sparseflow (SparseFlow Calibrate + Save Routing). "
                                        "Its layers x heads win over the widgets below."),
                 io.Int.Input("layers", default=30, min=1, max=MAX_DIM, step=1,
-                             tooltip="Transformer blocks of the model: 30 Wan 2.1 1.3B / 2.2 5B, 40 Wan 14B."),
+                             tooltip=f"Transformer blocks of the model: 30 Wan 2.1 1.3B / 2.2 5B, 40 Wan 14B "
+                                     f"(at most {MAX_DIM})."),
                 io.Int.Input("heads", default=12, min=1, max=MAX_DIM, step=1,
-                             tooltip="Attention heads per block: 12 Wan 1.3B, 24 Wan 2.2 5B, 40 Wan 14B."),
+                             tooltip=f"Attention heads per block: 12 Wan 1.3B, 24 Wan 2.2 5B, 40 Wan 14B (at most "
+                                     f"{MAX_DIM})."),
                 io.Combo.Input("family", options=list(FAMILIES), default="generic",
                                tooltip="Model family recorded in the map (a mismatch only warns)."),
                 io.String.Input("routing_overrides", default="{}", multiline=False,
@@ -159,8 +170,8 @@ class SparseFlowSaveRouting(io.ComfyNode):
             inputs=[
                 RoutingType.Input("routing", tooltip="The map to save."),
                 io.String.Input("filename", default="sparseflow_routing",
-                                tooltip="File name (letters, digits, '.', '_', '-'; '.safetensors' is added). Path "
-                                        "separators and '..' are refused."),
+                                tooltip="File name: letters, digits, spaces, '.', '_', '-', at most 120 characters; "
+                                        "'.safetensors' is added. Anything else is refused, never rewritten."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing file of that name (off: saving fails instead)."),
             ],

@@ -1,6 +1,6 @@
-"""Validation and layout handling of the operator's q, k, v (docs/spec.md §1 and §7).
+"""Validation and layout handling of the operator's q, k, v (docs/spec.md §1 and §7), and why a kernel cannot run.
 
-Shared by the reference and the Triton launcher so both reject the same inputs with the same messages.
+Shared by the reference and the Triton launchers so both reject the same inputs with the same messages.
 """
 
 from __future__ import annotations
@@ -9,15 +9,32 @@ import torch
 
 from .plan import AttentionPlan
 
-__all__ = ["HEAD_DIMS", "check_qkv", "to_bhld", "from_bhld", "triton_input_reason"]
+__all__ = ["HEAD_DIMS", "KernelLaunchError", "check_qkv", "device_reason", "from_bhld", "to_bhld",
+           "triton_input_reason"]
 
 HEAD_DIMS = (64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+class KernelLaunchError(RuntimeError):
+    """A Triton kernel cannot launch on this device (e.g. every config needs more shared memory than it allows);
+    the message says what was asked and what the device allows. Callers fall back, saying so."""
+
+
+def device_reason(capability: tuple[int, int], dtype: torch.dtype) -> str | None:
+    """Why the pack's Triton kernels cannot take `dtype` on a GPU of this compute capability (None if they can):
+    Triton's matrix instructions start at sm_75 (Turing), its bfloat16 ones at sm_80 (Ampere)."""
+    cc = f"{capability[0]}.{capability[1]}"
+    if capability < (7, 5):
+        return f"compute capability {cc}: the Triton kernels need 7.5 or newer (RTX 20 series and up)"
+    if dtype == torch.bfloat16 and capability < (8, 0):
+        return f"bfloat16 on compute capability {cc}: needs 8.0 or newer (load the model in float16)"
+    return None
+
+
 def triton_input_reason(x: torch.Tensor | None = None) -> str | None:
-    """None when a CUDA device is here and x (when given) is a CUDA float16/bfloat16 tensor, what the fused
-    prologue and block kernels take; else why not."""
+    """None when a CUDA device is here and x (when given) is a CUDA float16/bfloat16 tensor on a GPU the kernels
+    serve, what every Triton kernel of the pack takes; else why not."""
     if not torch.cuda.is_available():
         return "no CUDA device"
     if x is not None:
@@ -25,6 +42,7 @@ def triton_input_reason(x: torch.Tensor | None = None) -> str | None:
             return f"input on {x.device}"
         if x.dtype not in (torch.float16, torch.bfloat16):
             return f"dtype {x.dtype} (the kernel takes float16/bfloat16)"
+        return device_reason(torch.cuda.get_device_capability(x.device), x.dtype)
     return None
 
 

@@ -177,59 +177,63 @@ def _sparse_pairs(geometry: Geometry, block: int, window: int, anchors: tuple[in
 
 
 @lru_cache(maxsize=256)
-def _linear_pairs(geometry: Geometry, block: int, kind: str) -> int:
-    """Pair-equivalents of one linear head over all query blocks (spec §6)."""
+def _linear_counts(geometry: Geometry, block: int, kind: str, own_block: bool) -> tuple[int, int]:
+    """(exact pairs, pooled reads in pair units) of one linear head over all query blocks (spec §6)."""
     g = geometry
     tab = block_tables(g, block)
-    extra = sum(e - s for s, e in _extra_ranges(g, block))
-    total = 0
+    extra_blocks = sum(e - s for s, e in merge_ranges(_extra_ranges(g, block)))
+    pairs = reads = 0
     for i in range(tab.n):
         if tab.has_extra[i]:
-            total += tab.n
+            pairs += tab.n  # rule E: computed densely
         elif kind == "feature":
-            total += 2 + extra  # phi(q) S and phi(q) z: D/block of a pair each, rounded up, plus the state pass
+            reads += 3  # phi(q) S_f and phi(q) z_f (block x D^2 each: a pair's work at D = block) + the state pass
         else:
-            segments = 0
-            for f in range(tab.flo[i], tab.fhi[i] + 1):
-                s, e = frame_block_range(g, block, f, f)
-                segments += e - s
-            total += 1 + extra + math.ceil(segments / block)
-    return total
+            ranges = (frame_block_range(g, block, f, f) for f in range(tab.flo[i], tab.fhi[i] + 1))
+            segments = sum(e - s for s, e in ranges)
+            pairs += int(own_block) + extra_blocks  # own block's frame tokens, the extra tokens: exact
+            reads += math.ceil(segments / block)  # the pooled segments of the query's frames
+    return pairs, reads
+
+
+@lru_cache(maxsize=256)
+def _compensation_reads(geometry: Geometry, block: int) -> int:
+    """Pooled reads of the compensation pass of one sparse head: ceil(N/block) per query block (spec §6)."""
+    tab = block_tables(geometry, block)
+    return sum(not extra for extra in tab.has_extra) * math.ceil(tab.n / block)
 
 
 def pair_counts(plan: AttentionPlan, lut: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
-    """Per head: (computed (query block, key block) pairs, cost in pair units) for one batch element.
+    """Per head: (exact (query block, key block) pairs, cost in pair units) for one batch element (spec §6).
 
-    Computed pairs count real key blocks only (spec §6 density). The cost adds the pooled compensation
-    pass (ceil(N/block) pairs per query block) and the linear routes' state reads, and is what
-    calibration minimises. With a LUT, top-k pairs are counted from batch element 0. The structural
-    counts are cached per (geometry, block, window, anchors): this runs on every patched call.
+    Exact pairs are the pairs with at least one exact logit: density counts them, so it is at most 1 on every
+    route. The cost adds the pooled reads (a sparse head's compensation pass, a linear head's pooled segments or
+    feature state) at one pair per `block` pooled keys; it is what calibration minimises and what one call
+    costs. With a LUT, top-k pairs are counted from batch element 0. The structural counts are cached per
+    (geometry, block, window, anchors): this runs on every patched call.
     """
     g, block = plan.geometry, plan.block
     n = num_blocks(g.length, block)
-    comp_cost = math.ceil(n / block)
     pairs, cost = [], []
     lut_pairs = (lut[0] >= 0).sum(dim=(1, 2)).tolist() if lut is not None else None
     for h, (route, window) in enumerate(zip(plan.routes, plan.window)):
         if route == DENSE:
-            pairs.append(n * n)
-            cost.append(n * n)
+            p, reads = n * n, 0
         elif route == SPARSE:
             p = _sparse_pairs(g, block, window, plan.live_anchors)
             if lut_pairs is not None:
                 p += int(lut_pairs[h])
-            pairs.append(p)
-            cost.append(p + (n * comp_cost if plan.compensation else 0))
+            reads = _compensation_reads(g, block) if plan.compensation else 0
         else:
             assert route == LINEAR
-            c = _linear_pairs(g, block, plan.linear_kind)
-            pairs.append(c)
-            cost.append(c)
+            p, reads = _linear_counts(g, block, plan.linear_kind, plan.linear_own_block)
+        pairs.append(p)
+        cost.append(p + reads)
     return pairs, cost
 
 
 def density(plan: AttentionPlan, lut: torch.Tensor | None = None) -> float:
-    """Mean over heads of computed pairs / N^2 (spec §6)."""
+    """Mean over heads of exact pairs / N^2, in [0, 1] (spec §6)."""
     n = num_blocks(plan.geometry.length, plan.block)
     pairs, _ = pair_counts(plan, lut)
     return sum(pairs) / (len(pairs) * n * n)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from .geometry import Geometry
-from .inputs import check_qkv
+from .inputs import check_qkv, triton_input_reason
 from .plan import DENSE, LINEAR_KINDS, AttentionPlan
 from .reference import reference_attention
 
@@ -46,11 +46,8 @@ def _triton_reason(q: torch.Tensor | None = None, plan: AttentionPlan | None = N
         return "triton: no CUDA device"
     if _triton_fn() is None:
         return f"triton: cannot import kernels ({_triton_import['error']})"
-    if q is not None:
-        if q.device.type != "cuda":
-            return f"triton: input is on {q.device}, not CUDA"
-        if q.dtype not in (torch.float16, torch.bfloat16):
-            return f"triton: dtype {q.dtype} (the kernel takes float16/bfloat16)"
+    if q is not None and (why := triton_input_reason(q)):
+        return f"triton: {why}"
     if plan is not None and len(plan.live_anchors) > 4:
         return f"triton: {len(plan.live_anchors)} anchor frames (the kernel takes at most 4)"
     return None

@@ -18,8 +18,9 @@ import torch
 from .plan import DENSE, LINEAR, ROUTE_NAMES, SPARSE
 
 __all__ = [
-    "DEFAULT_ROUTING", "DENSE", "FAMILIES", "LINEAR", "ROUTE_NAMES", "ROUTING_PRESETS", "RoutingMap", "SPARSE",
-    "parse_overrides", "routing_preset", "routing_to_json", "summary", "with_overrides",
+    "DEFAULT_ROUTING", "DENSE", "FAMILIES", "LINEAR", "ROUTE_NAMES", "ROUTING_PRESETS", "DuplicateKeyError",
+    "RoutingMap", "SPARSE", "parse_overrides", "routing_preset", "routing_to_json", "summary", "unique_keys",
+    "with_overrides",
 ]
 
 log = logging.getLogger("sparseflow.routing")
@@ -28,12 +29,21 @@ FAMILIES = ("wan2.1", "wan2.2-5b", "wan2.2-14b", "generic")
 ROUTING_PRESETS = ("all_sparse", "all_linear", "all_dense", "alternating", "heuristic")
 DEFAULT_ROUTING = "heuristic"
 FORMAT = "sparseflow.routing"  # the file format's name (sparseflow/routing_file.py), also in the widget payload
-MAX_DIM = 4096
+# Layers and heads of a map, at most: Wan 2.1 / 2.2 have at most 40 x 40; 128 leaves margin for other DiTs while
+# a full map stays small (128 x 128: a ~0.3 MB widget payload, kept in ComfyUI's history on every run).
+MAX_DIM = 128
 MAX_PARAM = 64
 _INHERIT = -1  # window/topk value meaning "take the schedule's value"
 _TENSORS = {"routes": ("I8", torch.int8, 1), "window": ("I16", torch.int16, 2), "topk": ("I16", torch.int16, 2),
             "error": ("F32", torch.float32, 4)}
-_OVERRIDE_KEY = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
+_OVERRIDE_KEY = re.compile(r"^([0-9]{1,4})\.([0-9]{1,4})$", re.ASCII)  # ASCII digits only, as the widget writes
+_SHOWN = 40  # characters of a user's key or value quoted in an error message
+
+
+def _quote(value: object) -> str:
+    """repr of a user's key or value for an error message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 
 def _check_fields(routes: object, window: object, topk: object, error: object, family: object,
@@ -51,7 +61,8 @@ def _check_fields(routes: object, window: object, topk: object, error: object, f
             raise exc(f"{where}: {name} has shape {tuple(value.shape)}; allowed: 2-D (layers, heads)")
     shape = tuple(routes.shape)
     if not (1 <= shape[0] <= MAX_DIM and 1 <= shape[1] <= MAX_DIM):
-        raise exc(f"{where}: routes has shape {shape}; allowed: layers and heads in [1, {MAX_DIM}]")
+        raise exc(f"{where}: routes has shape {shape}; allowed: layers and heads in [1, {MAX_DIM}] (Wan has at most "
+                  "40 x 40)")
     for name, value in (("window", window), ("topk", topk), ("error", error)):
         if value is not None and tuple(value.shape) != shape:
             raise exc(f"{where}: {name} has shape {tuple(value.shape)} but routes has {shape}; allowed: equal shapes")
@@ -140,7 +151,8 @@ class RoutingMap:
 def _check_shape(layers: object, heads: object, what: str) -> None:
     for name, value in (("layers", layers), ("heads", heads)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIM:
-            raise ValueError(f"{what}: {name} must be an int in [1, {MAX_DIM}], got {value!r}")
+            raise ValueError(f"{what}: {name} must be an int in [1, {MAX_DIM}] (Wan has at most 40 layers and 40 "
+                             f"heads), got {_quote(value)}")
 
 
 def routing_preset(name: str, layers: int, heads: int, family: str = "generic") -> RoutingMap:
@@ -172,29 +184,69 @@ def routing_preset(name: str, layers: int, heads: int, family: str = "generic") 
 
 def _parse_override_item(key: object, value: object) -> tuple[int, int, int]:
     if not isinstance(key, str) or not (m := _OVERRIDE_KEY.match(key)):
-        raise ValueError(f"routing override key {key!r} is malformed; allowed: 'layer.head' like '3.7'")
-    if value not in ROUTE_NAMES:
-        raise ValueError(f"routing override {key!r}: route {value!r} is unknown; allowed: {', '.join(ROUTE_NAMES)}")
+        raise ValueError(f"routing override key {_quote(key)} is malformed; allowed: 'layer.head' in ASCII digits "
+                         "like '3.7'")
+    if not isinstance(value, str) or value not in ROUTE_NAMES:
+        raise ValueError(f"routing override {key!r}: route {_quote(value)} is unknown; allowed: "
+                         f"{', '.join(ROUTE_NAMES)}")
     return int(m.group(1)), int(m.group(2)), ROUTE_NAMES.index(value)
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object that names one key twice (`unique_keys`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {_quote(key)}")
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json `object_pairs_hook`: a key given twice raises DuplicateKeyError (json.loads would keep the last one
+    silently). Used for override text and for routing file headers."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
 def parse_overrides(text: str) -> dict[str, str]:
-    """Overrides from the node's JSON text: an object {"layer.head": "route"}; "" gives {}; arrays are rejected."""
+    """Overrides from the node's JSON text: an object {"layer.head": "route"}; "" gives {}; arrays are rejected,
+    and so is a head named twice (the same key twice, or two spellings such as '3.7' and '03.7')."""
     if not isinstance(text, str):
         raise ValueError(f"routing overrides must be JSON text, got {type(text).__name__}")
     if not text.strip():
         return {}
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"routing overrides: not valid JSON ({e}); allowed: an object like {{\"3.7\": \"dense\"}}") \
-            from None
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as e:
+        raise ValueError(f"routing overrides: key {_quote(e.key)} is given twice; allowed: each 'layer.head' "
+                         "once") from None
+    except RecursionError:
+        raise ValueError("routing overrides: not valid JSON (nested too deeply); allowed: an object like "
+                         "{\"3.7\": \"dense\"}") from None
+    except ValueError as e:
+        raise ValueError(f"routing overrides: not valid JSON ({e}); allowed: an object like "
+                         "{\"3.7\": \"dense\"}") from None
     if not isinstance(data, dict):
         raise ValueError(f"routing overrides must be a JSON object like {{\"3.7\": \"dense\"}}, "
                          f"got a JSON {type(data).__name__}")
-    for key, value in data.items():
-        _parse_override_item(key, value)
+    _override_items(data)
     return dict(data)
+
+
+def _override_items(overrides: Mapping[str, str]) -> list[tuple[str, int, int, int]]:
+    """(key, layer, head, route code) per override; two keys naming one head ('3.7', '03.7') are an error."""
+    items, seen = [], {}
+    for key, value in overrides.items():
+        layer, head, code = _parse_override_item(key, value)
+        if (layer, head) in seen:
+            raise ValueError(f"routing overrides: {seen[layer, head]!r} and {key!r} name the same head; allowed: "
+                             "each head once")
+        seen[layer, head] = key
+        items.append((key, layer, head, code))
+    return items
 
 
 def with_overrides(rmap: RoutingMap, overrides: Mapping[str, str]) -> RoutingMap:
@@ -208,8 +260,7 @@ def with_overrides(rmap: RoutingMap, overrides: Mapping[str, str]) -> RoutingMap
     if not overrides:
         return rmap
     routes = rmap.routes.clone()
-    for key, value in overrides.items():
-        layer, head, code = _parse_override_item(key, value)
+    for key, layer, head, code in _override_items(overrides):
         if layer >= rmap.layers or head >= rmap.heads:
             raise ValueError(f"routing override {key!r} is out of range; the map has layers 0..{rmap.layers - 1} "
                              f"and heads 0..{rmap.heads - 1}")

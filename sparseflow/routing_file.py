@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import struct
+import uuid
 from pathlib import Path
 
-from .routing import _TENSORS, FAMILIES, FORMAT, MAX_DIM, RoutingMap, _check_fields, summary
+from .routing import _TENSORS, FAMILIES, FORMAT, MAX_DIM, RoutingMap, _check_fields, summary, unique_keys
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "MAX_HEADER_BYTES", "RoutingFileError", "load_routing",
            "save_routing"]
@@ -34,9 +35,12 @@ class RoutingFileError(ValueError):
 
 
 def save_routing(rmap: RoutingMap, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write `rmap` as a .safetensors routing file (atomic: temp file in the same folder, then os.replace).
+    """Write `rmap` as a .safetensors routing file, atomically: readers see the old file or the whole new one.
 
-    Refuses to replace an existing file unless `overwrite` is True (FileExistsError).
+    The bytes go to a temp file of a unique name in the same folder (so threads and processes saving at once
+    never share one), then replace the target (overwrite) or are linked to its name, which fails when that
+    name exists: of several concurrent saves of one name without overwrite exactly one succeeds, the others
+    raise FileExistsError.
     """
     from safetensors.torch import save
 
@@ -45,8 +49,7 @@ def save_routing(rmap: RoutingMap, path: str | os.PathLike, overwrite: bool = Fa
         raise ValueError(f"routing file '{path.name}': extension {path.suffix!r} is not allowed; use .safetensors")
     rmap.validate()
     if path.exists() and not overwrite:
-        raise FileExistsError(f"routing file '{path.name}' already exists in {path.parent}; "
-                              "choose another name or pass overwrite=True to replace it")
+        raise _exists(path)
     tensors = {"routes": rmap.routes, "window": rmap.window, "topk": rmap.topk}
     if rmap.error is not None:
         tensors["error"] = rmap.error
@@ -55,18 +58,48 @@ def save_routing(rmap: RoutingMap, path: str | os.PathLike, overwrite: bool = Fa
                 "layers": str(rmap.layers), "heads": str(rmap.heads), "made_by": rmap.made_by, "notes": rmap.notes}
     data = save(tensors, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _write_new(tmp, data)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path, data)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     log.info("saved routing %s (%dx%d, %s) to %s", rmap.family, rmap.layers, rmap.heads, rmap.made_by, path)
     return path
+
+
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(f"routing file '{path.name}' already exists in {path.parent}; "
+                           "choose another name or pass overwrite=True to replace it")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist) and write `data` to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _link_new(tmp: Path, path: Path, data: bytes) -> None:
+    """Give the written `tmp` the name `path` unless that name exists (FileExistsError); a file system without
+    hard links gets an exclusive create of `path` instead (exclusive still, but not atomic for readers)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError:
+        try:
+            _write_new(path, data)
+        except FileExistsError:
+            raise _exists(path) from None
+        except BaseException:
+            path.unlink(missing_ok=True)  # ours, part-written
+            raise
 
 
 def _read_header(data: bytes, fail) -> tuple[dict, int]:
@@ -86,19 +119,11 @@ def _read_header(data: bytes, fail) -> tuple[dict, int]:
     except UnicodeDecodeError as e:
         fail(f"header is not valid UTF-8 ({e.reason} at byte {e.start}); allowed: UTF-8 JSON")
 
-    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-        out: dict = {}
-        for k, v in pairs:
-            if k in out:
-                raise ValueError(f"duplicate key {k!r}")
-            out[k] = v
-        return out
-
     def no_constants(name: str) -> None:
         raise ValueError(f"constant {name} is not JSON")
 
     try:
-        header = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        header = json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constants)
     except (ValueError, RecursionError) as e:
         fail(f"header is not valid JSON ({str(e)[:200]}); allowed: a JSON object without duplicate keys")
     if not isinstance(header, dict):

@@ -1,7 +1,9 @@
 """Locate and import a real ComfyUI install for tests, with CPU forced and pytest's argv left alone.
 
-ComfyUI is never vendored: tests use the checkout at ``$COMFYUI_PATH`` (default ``/opt/ComfyUI``) and skip
-loudly when it is absent. Set ``SPARSEFLOW_REQUIRE_COMFYUI=1`` (CI) to turn that skip into a failure.
+ComfyUI is never vendored. The tests use ``$COMFYUI_PATH`` when it is set, else a fresh writable copy of the
+named tree ``$SPARSEFLOW_COMFY_TREE`` (0.3.64 or newest, from ../shared beside the repository: tests/comfy_trees.py).
+A test that needs ComfyUI carries the ``comfyui`` marker (``requires_comfy``); conftest.py skips it loudly when no
+ComfyUI can be had, or fails it when ``SPARSEFLOW_REQUIRE_COMFYUI=1`` (dev.sh sets that whenever it found one).
 
 Why this works without touching pytest's argv: ``comfy/cli_args.py`` parses ``sys.argv`` only when
 ``comfy.options.enable_args_parsing()`` was called (``main.py`` does, library imports do not); otherwise it
@@ -22,10 +24,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import comfy_trees
 import pytest
 
-DEFAULT_COMFYUI_PATH = "/opt/ComfyUI"
 REQUIRE_ENV = "SPARSEFLOW_REQUIRE_COMFYUI"
+ISSUE_NEWEST = "issue 17: the pack does not yet handle the newest ComfyUI"
 
 log = logging.getLogger("sparseflow.tests.comfy_env")
 
@@ -33,18 +36,41 @@ _imported: SimpleNamespace | None = None
 
 
 def comfy_path() -> Path | None:
-    """The ComfyUI root from ``$COMFYUI_PATH`` (default /opt/ComfyUI), or None when it has no main.py."""
-    root = Path(os.environ.get("COMFYUI_PATH", DEFAULT_COMFYUI_PATH)).expanduser()
-    return root if (root / "main.py").is_file() else None
+    """The ComfyUI root: ``$COMFYUI_PATH`` when set (None when it has no main.py), else this process's writable
+    copy of the named tree (None when it cannot be had). The copy's path is put in ``$COMFYUI_PATH`` so that
+    subprocesses (servers, benches) use the same tree."""
+    wanted = os.environ.get("COMFYUI_PATH")
+    if wanted:
+        root = Path(wanted).expanduser()
+        return root if (root / "main.py").is_file() else None
+    root = comfy_trees.writable_copy(comfy_trees.tree_name())
+    if root is not None:
+        os.environ["COMFYUI_PATH"] = str(root)
+    return root
+
+
+def tree_label() -> str:
+    """Which ComfyUI this process tests, for the report header and failure messages."""
+    root = comfy_path()
+    if root is None:
+        return f"none ({missing_reason()})"
+    version_file = root / "comfyui_version.py"
+    version = version_file.read_text().split('"')[1] if version_file.is_file() else "unknown version"
+    return f"tree {comfy_trees.tree_name()} (ComfyUI {version}) at {root}"
+
+
+def on_newest_tree() -> bool:
+    """Whether this process tests the newest-shape tree (0.3.64 + ../shared/comfyui/newest-overlay)."""
+    return comfy_trees.tree_name() == "newest"
 
 
 def missing_reason() -> str:
     """The loud message used when ComfyUI cannot be found."""
-    wanted = os.environ.get("COMFYUI_PATH", DEFAULT_COMFYUI_PATH)
-    return (
-        f"ComfyUI not found at {wanted} (no main.py): set COMFYUI_PATH to a ComfyUI >= 0.3.60 checkout "
-        f"(see docs/comfy_setup_notes.md); set {REQUIRE_ENV}=1 to make this a failure instead of a skip"
-    )
+    wanted = os.environ.get("COMFYUI_PATH")
+    where = (f"ComfyUI not found at COMFYUI_PATH={wanted} (no main.py)" if wanted
+             else comfy_trees.missing(comfy_trees.tree_name()))
+    return (f"{where}: set COMFYUI_PATH to a ComfyUI >= 0.3.60 checkout or put ../shared beside the repository; "
+            f"set {REQUIRE_ENV}=1 to make this a failure instead of a skip")
 
 
 def _check_module_origin(name: str, root: Path) -> None:
@@ -117,16 +143,21 @@ def import_comfy(force_cpu: bool = True) -> SimpleNamespace:
 
 def require_comfy() -> SimpleNamespace:
     """Import ComfyUI or skip the calling test loudly (fail instead when SPARSEFLOW_REQUIRE_COMFYUI=1)."""
+    skip_without_comfy()
+    return import_comfy()
+
+
+def skip_without_comfy() -> None:
+    """Skip the calling test loudly when no ComfyUI can be had; fail instead when SPARSEFLOW_REQUIRE_COMFYUI=1."""
     if comfy_path() is None:
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(missing_reason(), pytrace=False)
         pytest.skip(missing_reason())
-    return import_comfy()
 
 
-requires_comfy = pytest.mark.skipif(
-    comfy_path() is None and os.environ.get(REQUIRE_ENV) != "1", reason=missing_reason()
-)
+# Every test that needs ComfyUI carries this marker (conftest.py skips or fails it when ComfyUI is missing);
+# dev.sh runs the marked tests a second time against the newest-shape tree (pytest -m comfyui).
+requires_comfy = pytest.mark.comfyui
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,31 @@ def oracle_topk(q: torch.Tensor, k: torch.Tensor, plan: AttentionPlan, window: i
     return sel
 
 
+def oracle_exact_logits(plan: AttentionPlan, route: int, window: int, sel=None) -> torch.Tensor:
+    """(L, L) bool: query token t takes an exact logit against key token u (spec §5, Rule E), for one head.
+
+    Pooled keys and feature states are not exact logits. `sel` is the head's top-k selection per query block.
+    """
+    blk, length = plan.block, plan.geometry.length
+    frame, n, _, bextra = _token_tables(plan)
+    qblock = torch.tensor([t // blk for t in range(length)])
+    dense_row = torch.tensor([bextra[t // blk] for t in range(length)])[:, None].expand(length, length)
+    if route == DENSE:
+        return torch.ones(length, length, dtype=torch.bool)
+    if route == SPARSE:
+        bmask = oracle_block_mask(plan, window)
+        for i in range(n):
+            for j in sel[i] if sel is not None else []:
+                bmask[i, j] = True
+        return bmask[qblock][:, qblock] | dense_row
+    if plan.linear_kind == "feature":
+        return dense_row.clone()
+    fr = torch.tensor(frame)
+    extra_key = (fr < 0)[None, :].expand(length, length)
+    own = (qblock[:, None] == qblock[None, :]) & (fr[:, None] == fr[None, :]) & (fr[:, None] >= 0)
+    return extra_key | dense_row | (own if plan.linear_own_block else torch.zeros_like(own))
+
+
 def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scale: float, sel) -> torch.Tensor:
     """One (batch, head): q, k, v are (L, D) float64."""
     blk = plan.block
@@ -77,7 +102,7 @@ def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scal
         for i in range(n):
             for j in sel[i] if sel is not None else []:
                 bmask[i, j] = True
-        tmask = bmask[torch.tensor(qblock)][:, torch.tensor(qblock)]
+        tmask = oracle_exact_logits(plan, route, window, sel)
         logits, values = [s.masked_fill(~tmask, float("-inf"))], [v]
         if plan.compensation:
             kbar = torch.stack([k[j * blk:(j + 1) * blk].mean(0) for j in range(n)])
@@ -107,17 +132,13 @@ def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scal
         vbar = torch.stack([v[segs[key]].mean(0) for key in keys])
         lc = (q @ kbar.T) * scale + torch.log(torch.tensor([float(len(segs[key])) for key in keys], dtype=q.dtype))
         cmask = torch.zeros(length, len(keys), dtype=torch.bool)
-        tmask = extra_key.clone()
+        tmask = oracle_exact_logits(plan, route, window)
         for t in range(length):
             if frame[t] < 0:
                 continue
             for c, (f, j) in enumerate(keys):
                 if f == frame[t] and not (plan.linear_own_block and j == qblock[t]):
                     cmask[t, c] = True
-            if plan.linear_own_block:
-                for u in range(length):
-                    if qblock[u] == qblock[t] and frame[u] == frame[t]:
-                        tmask[t, u] = True
         logits = [s.masked_fill(~tmask, float("-inf")), lc.masked_fill(~cmask, float("-inf"))]
         p = torch.softmax(torch.cat(logits, -1), -1)
         out = p @ torch.cat([v, vbar], 0)

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from comfy_env import REQUIRE_ENV, comfy_path, missing_reason  # noqa: I001 - tests/ is on sys.path
+from comfy_env import comfy_path, requires_comfy  # noqa: I001 - tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(comfy_path() is None and os.environ.get(REQUIRE_ENV) != "1",
-                                reason=missing_reason())
+pytestmark = requires_comfy
 
 
 def _run(tmp_path: Path, *args: str) -> dict:

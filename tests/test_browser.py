@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from browser.comfy_server import shared_server
-from comfy_env import REQUIRE_ENV, comfy_path, missing_reason
+from comfy_env import REQUIRE_ENV, comfy_path, missing_reason, requires_comfy
+
+pytestmark = requires_comfy  # run once per ComfyUI tree (dev.sh: pytest -m comfyui)
 
 REPO = Path(__file__).resolve().parents[1]
 BROWSER = REPO / "tests" / "browser"

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from comfy_env import REQUIRE_ENV, comfy_path, missing_reason  # noqa: I001 - tests/ is on sys.path
+from comfy_env import comfy_path, requires_comfy  # noqa: I001 - tests/ is on sys.path
 from comfyui_sparseflow.sparseflow.geometry import Geometry
 from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE
 from comfyui_sparseflow.sparseflow.reference import reference_attention
@@ -20,8 +20,7 @@ from bench.fidelity.metrics import psnr, ssim, temporal
 if comfy_path() is not None:  # the fidelity model and the test fixture must import the same ComfyUI
     os.environ.setdefault("COMFYUI_PATH", str(comfy_path()))
 
-needs_comfy = pytest.mark.skipif(comfy_path() is None and os.environ.get(REQUIRE_ENV) != "1",
-                                 reason=missing_reason())
+needs_comfy = requires_comfy
 
 
 def _ref(q, k, v, plan, *, heads=None):

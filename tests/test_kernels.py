@@ -90,34 +90,34 @@ def test_wide_window_sparse_head_equals_dense_head():
     assert_close_report(sparse, dense, atol=0.0)
 
 
-@pytest.mark.parametrize("variant", sorted(configs.VARIANTS))
-def test_every_kernel_variant_matches_reference(variant, monkeypatch):
-    """Each code variant (base, fast, tma, tma_ws) on a mixed call with a partial last block, top-k and
-    compensation; under the interpreter the descriptor path is forced on, so its indexing is checked too."""
-    if configs.INTERPRET:
-        monkeypatch.setattr(configs, "_tma_refusal", lambda *ts: None)
+@pytest.mark.parametrize("descriptors", [False, True], ids=["pointer_loads", "tensor_descriptors"])
+def test_both_kv_load_paths_match_reference(descriptors):
+    """K/V through pointers (every tier) or tensor descriptors (Hopper tier) on a mixed call with a partial last
+    block, top-k and compensation; under the interpreter the descriptor path is forced on, so its indexing is
+    checked on CPU too."""
+    if descriptors and not configs.INTERPRET and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need compute capability 9.0+")
     plan = AttentionPlan(G_EXTRA, (SPARSE, DENSE, SPARSE, LINEAR), (0, 0, 1, 0), (2, 0, 0, 0), anchors=(0, 5),
                          compensation=True, block=64)
     cfg = None if configs.INTERPRET else (64, 64, 4, 2)
-    _check(plan, batch=2, seed=11, _variant=variant, _config=cfg)
+    _check(plan, batch=2, seed=11, _descriptors=descriptors, _config=cfg)
 
 
 @pytest.mark.parametrize("kind", ["sparse_only", "linear_dense", "topk_no_comp"])
-def test_lean_variant_compiles_out_paths_a_call_does_not_take(kind, monkeypatch):
-    """tma_lean drops the LUT / compensation / linear code per call: each combination still equals the reference."""
-    if configs.INTERPRET:
-        monkeypatch.setattr(configs, "_tma_refusal", lambda *ts: None)
+def test_each_call_kind_compiles_out_paths_it_does_not_take(kind):
+    """The LUT / compensation / linear code is compiled per call kind: each combination equals the reference."""
     routes, topk, comp = {"sparse_only": ((SPARSE, SPARSE), (0, 0), False),
                           "linear_dense": ((LINEAR, DENSE), (0, 0), True),
                           "topk_no_comp": ((SPARSE, DENSE), (2, 0), False)}[kind]
     plan = AttentionPlan(G_EXTRA, routes, (1, 0), topk, anchors=(0,), compensation=comp, block=64)
     cfg = None if configs.INTERPRET else (64, 64, 4, 2)
-    _check(plan, batch=2, seed=12, _variant="tma_lean", _config=cfg)
+    _check(plan, batch=2, seed=12, _config=cfg)
 
 
-def test_unknown_variant_raises_value_error():
-    with pytest.raises(ValueError, match="variant"):
-        configs.variant_flags("fastest")
+def test_unknown_forced_tier_raises_value_error(monkeypatch):
+    monkeypatch.setenv(configs.TIER_ENV, "fastest")
+    with pytest.raises(ValueError, match=configs.TIER_ENV):
+        configs.tier_for(configs.DeviceLimits((8, 9), 101376))
 
 
 def _random_case(seed):
@@ -171,7 +171,8 @@ def test_full_wan13b_shape_matches_reference(batch):
     out = fused_attention(q, k, v, plan, heads=12)
     ref = reference_attention(q, k, v, plan, heads=12)
     err = rel_error(out, ref)
-    print(f"\nfull Wan 1.3B shape, B={batch}, variant {configs.variant_flags()[0]}: rel. error {err:.2e} "
+    tier = configs.tier_for(configs.device_limits(q.device)).name
+    print(f"\nfull Wan 1.3B shape, B={batch}, tier {tier}: rel. error {err:.2e} "
           f"(bound 1e-2)")
     assert torch.isfinite(out).all()
     assert err < 1e-2, f"rel error {err:.2e}"

@@ -63,24 +63,51 @@ def test_routing_node_applies_grid_overrides_and_reports_the_map_to_the_ui(pack,
                      routing_overrides='{"3.0": "dense"}')
 
 
-def test_save_routing_sanitises_names_and_never_overwrites_unless_asked(pack, models_dir):  # noqa: F811
+def test_save_routing_takes_names_as_given_and_never_overwrites_unless_asked(pack, models_dir):  # noqa: F811
     save = pack.routing.SparseFlowSaveRouting
     rmap = routing_preset("alternating", 2, 2, "wan2.1")
-    out = save.execute(routing=rmap, filename=" my map:v1 ", overwrite=False)
-    path = models_dir / "my_map_v1.safetensors"
-    assert path.is_file() and "my_map_v1.safetensors" in out.ui["text"][0]
+    out = save.execute(routing=rmap, filename=" my map v1 ", overwrite=False)
+    path = models_dir / "my map v1.safetensors"
+    assert path.is_file() and "my map v1.safetensors" in out.ui["text"][0]
     assert load_routing(path).routes.tolist() == rmap.routes.tolist()
-    assert pack.routing.sanitize_filename("a.safetensors") == "a.safetensors"
-    for bad in ("../evil", "sub/dir", "..", "a\\b", "   "):
+    assert pack.routing.checked_filename("a.safetensors") == "a.safetensors"
+    for bad in ("../evil", "sub/dir", "..", "a\\b", "   ", "my map:v1", ".hidden", "CON", "x" * 121):
         with pytest.raises(ValueError):
             save.execute(routing=rmap, filename=bad, overwrite=False)
-    assert sorted(p.name for p in models_dir.iterdir()) == ["my_map_v1.safetensors"]
+    assert sorted(p.name for p in models_dir.iterdir()) == ["my map v1.safetensors"]
     other = routing_preset("all_linear", 2, 2, "wan2.1")
     with pytest.raises(FileExistsError, match="already exists"):
-        save.execute(routing=other, filename="my map:v1", overwrite=False)
+        save.execute(routing=other, filename="my map v1", overwrite=False)
     assert load_routing(path).routes.tolist() == rmap.routes.tolist()  # untouched
-    save.execute(routing=other, filename="my map:v1", overwrite=True)
+    save.execute(routing=other, filename="my map v1", overwrite=True)
     assert (load_routing(path).routes == LINEAR).all()
+
+
+def test_names_that_differ_are_different_files_and_bad_ones_are_named(pack, models_dir):  # noqa: F811
+    """Names once collided after cleaning: non-ASCII letters became '_' and names were cut at 120 characters."""
+    save = pack.routing.SparseFlowSaveRouting
+    names = ["résumé", "rèsumè", "карта 1", "x" * 119 + "a", "x" * 119 + "b"]
+    for i, name in enumerate(names):
+        save.execute(routing=routing_preset("all_sparse", 1, i + 1, "wan2.1"), filename=name, overwrite=False)
+    assert sorted(p.name for p in models_dir.iterdir()) == sorted(f"{n}.safetensors" for n in names)
+    assert pack.routing.checked_filename("re\u0301sume\u0301") == "résumé.safetensors"  # one name, NFC
+    with pytest.raises(ValueError, match="has 121 characters; allowed: at most 120"):
+        pack.routing.checked_filename("y" * 121)
+    with pytest.raises(ValueError, match="contains ':', '\\?'; allowed: letters, digits, spaces"):
+        pack.routing.checked_filename("a:b?")
+
+
+def test_routing_node_caps_layers_and_heads_at_what_models_have(pack):  # noqa: F811
+    node = pack.routing.SparseFlowRouting
+    spec = node.INPUT_TYPES()["required"]
+    assert spec["layers"][1]["max"] == spec["heads"][1]["max"] == 128
+    assert "at most 128" in spec["layers"][1]["tooltip"]
+    with pytest.raises(ValueError, match="layers must be an int in \\[1, 128\\] \\(Wan has at most 40"):
+        node.execute(preset="heuristic", file="none", layers=4096, heads=4096, family="generic",
+                     routing_overrides="{}")
+    out = node.execute(preset="heuristic", file="none", layers=128, heads=128, family="generic",
+                       routing_overrides="{}")
+    assert len(json.dumps(out.ui)) < 600_000  # the largest map's payload: was 235 MB at 4096 x 4096
 
 
 def test_routing_node_loads_a_saved_file_whose_shape_wins_and_patch_applies_it(comfy, pack, models_dir,  # noqa: F811

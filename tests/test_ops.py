@@ -151,3 +151,11 @@ def test_all_dense_plan_runs_torch_sdpa_not_the_kernel_logs_once_and_equals_dens
                                                 "error": None})
     ops._run(q, k, v, PLAN, None, "triton")  # a mixed plan keeps the fused launch
     assert ran == [PLAN]
+
+
+def test_device_reason_names_what_the_gpu_lacks():
+    from comfyui_sparseflow.sparseflow.inputs import device_reason
+
+    assert device_reason((8, 9), torch.bfloat16) is None and device_reason((7, 5), torch.float16) is None
+    assert "needs 8.0 or newer" in device_reason((7, 5), torch.bfloat16)
+    assert "need 7.5 or newer" in device_reason((6, 1), torch.float16)

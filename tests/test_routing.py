@@ -92,7 +92,8 @@ def test_single_layer_heuristic_is_all_dense():
 def test_preset_errors_name_the_input():
     with pytest.raises(ValueError, match="all_sparse.*heuristic.*got 'fastest'"):
         routing_preset("fastest", 4, 4)
-    with pytest.raises(ValueError, match="heads must be an int in \\[1, 4096\\], got 0"):
+    with pytest.raises(ValueError, match=r"heads must be an int in \[1, 128\] \(Wan has at most 40 layers and 40 "
+                                         r"heads\), got 0"):
         routing_preset("all_sparse", 4, 0)
     with pytest.raises(ValueError, match="family 'sdxl' is unknown; allowed: wan2.1"):
         routing_preset("all_sparse", 4, 4, family="sdxl")
@@ -282,7 +283,7 @@ _CORRUPTIONS = [
     ("shapes_differ", lambda h, b: _join(_set(h, ["window", "shape"], [HEADS, LAYERS]), b),
      "tensor 'window' has shape \\[8, 6\\] but another tensor has \\[6, 8\\]"),
     ("zero_layers", lambda h, b: _join(_set(h, ["routes", "shape"], [0, HEADS]), b),
-     "tensor 'routes' has shape \\[0, 8\\]; allowed: layers and heads in \\[1, 4096\\]"),
+     "tensor 'routes' has shape \\[0, 8\\]; allowed: layers and heads in \\[1, 128\\]"),
     ("huge_heads", lambda h, b: _join(_set(h, ["error", "shape"], [LAYERS, 5000]), b),
      "tensor 'error' has shape \\[6, 5000\\]"),
     ("offsets_past_end", lambda h, b: _join(_set(h, ["routes", "data_offsets"], [len(b) - 10, len(b) + 38]), b),

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from browser.comfy_server import shared_server
-from comfy_env import REQUIRE_ENV, comfy_path, missing_reason
+from comfy_env import REQUIRE_ENV, comfy_path, missing_reason, requires_comfy
 from comfyui_sparseflow.sparseflow.routing import parse_overrides
+
+pytestmark = requires_comfy  # run once per ComfyUI tree (dev.sh: pytest -m comfyui)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

@@ -5,7 +5,7 @@
 # ComfyUI's code is never committed (/.comfy/ is in .gitignore).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-SRC="${COMFYUI_PATH:-/opt/ComfyUI}"
+SRC="${COMFYUI_PATH:-$REPO/../shared/comfyui/0.3.64}"
 DEST="$REPO/.comfy"
 PY="${PYTHON:-python3}"
 [ -f "$SRC/comfy/ldm/wan/model.py" ] || { echo "prepare_comfy: no ComfyUI at $SRC" >&2; exit 1; }

@@ -1,9 +1,10 @@
 """Start a real ComfyUI server on 127.0.0.1 with this pack installed, for browser and /object_info tests.
 
-The server runs from the checkout at ``$COMFYUI_PATH`` (tests/comfy_env.py finds it) with its own throw-away
-``--base-directory``: ``custom_nodes/SparseFlow`` is a symlink to this repository, models/input/output/user are
-empty temp folders and the database is in memory, so nothing is written into the ComfyUI checkout. The frontend
-is whatever ``comfyui-frontend-package`` is installed, i.e. the version ComfyUI pins in its requirements.txt.
+The server runs from the ComfyUI tree tests/comfy_env.py finds, with its own throw-away ``--base-directory``:
+``custom_nodes/SparseFlow`` is a symlink to this repository, models/input/output/user are temp folders (input holds
+the ``example.png`` the i2v workflow's LoadImage names) and the database is in memory, so nothing is written into
+the ComfyUI tree. The frontend is whatever ``comfyui-frontend-package`` is installed, i.e. the version ComfyUI
+pins in its requirements.txt.
 
 One server per pytest process: ``shared_server()`` starts it on first use and stops it at exit, so
 tests/test_workflows.py and tests/test_browser.py share it. ``ComfyServer`` can also be used directly as a
@@ -31,6 +32,7 @@ from comfy_env import comfy_path, missing_reason
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "SparseFlow"
 START_TIMEOUT_S = 90.0
+EXAMPLE_IMAGE = "example.png"
 
 log = logging.getLogger("sparseflow.tests.comfy_server")
 
@@ -51,6 +53,16 @@ TEST_SETTINGS = {
     "LiteGraph.Canvas.MinFontSizeForLOD": 4,
     "Comfy.Minimap.Visible": False,
 }
+
+
+def _example_png() -> bytes:
+    """A 64 x 64 RGB gradient as PNG bytes, for LoadImage's ``example.png``."""
+    import torch
+    from comfyui_sparseflow.sparseflow.render import encode_png
+
+    ramp = torch.linspace(0, 255, 64).to(torch.uint8)
+    rgb = torch.stack([ramp.expand(64, 64), ramp.expand(64, 64).T, torch.full((64, 64), 128, dtype=torch.uint8)], -1)
+    return encode_png(rgb)
 
 
 def _free_port() -> int:
@@ -85,8 +97,11 @@ class ComfyServer:
                     "user/default/subgraphs"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         (base / "custom_nodes" / PACK_NAME).symlink_to(self.pack_dir, target_is_directory=True)
-        for f in (self.comfy_root / "input").glob("*.png"):  # ComfyUI ships input/example.png; so do we
+        for f in (self.comfy_root / "input").glob("*.png"):  # a git checkout of ComfyUI has input/example.png
             shutil.copy2(f, base / "input" / f.name)
+        example = base / "input" / EXAMPLE_IMAGE
+        if not example.is_file():  # a released tree has none; the i2v workflow's LoadImage names it
+            example.write_bytes(_example_png())
         (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(TEST_SETTINGS, indent=1))
         (base / "user" / "default" / "comfy.templates.json").write_text("[]")  # else the frontend logs a 404
         return base

@@ -1,0 +1,190 @@
+"""bench/RESULTS.md: one row per kept result file (bench/results, bench/e2e/results): what it measured, the GPU, the
+commit, when, the command that made it and the docs that cite it.
+
+GPU, commit, time and (for the end-to-end JSON) the command come from the files themselves; what each measured is
+written below, once per file. `python3 bench/results_index.py` rewrites bench/RESULTS.md; tests/test_docs.py fails
+when a result file has no entry here or RESULTS.md is out of date.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDERS = ("bench/results", "bench/e2e/results")
+INDEX = REPO / "bench" / "RESULTS.md"
+E2E = "bash bench/run_e2e_gpu.sh gpu"
+
+# file name -> (what it measured, command when it cannot be read from the file, GPU when the file does not say)
+KERNEL = {
+    "bench_h200_30f771b.json": ("kernel vs peers, every provider at every shape (the current kernel's figures)",
+                                "SPARSEFLOW_COMMIT=30f771b bash bench/run_gpu.sh bench", None),
+    "bench_h200_30f771b.md": ("the table of bench_h200_30f771b.json", "(written by the same run)", "NVIDIA H200"),
+    "bench_h200_tiers_08926ac.json": ("issue 16: SparseFlow rows once per launch tier (hopper: the H200's own; a100 "
+                                      "and consumer forced: what an A100 / RTX 30-50 card's configs give here, a proxy)"
+                                      " vs SDPA default, 1.3B and 14B (kernels/ of 08926ac; device .git was stale)",
+                                      "bash bench/run_gpu.sh tiers  (TIER_PARTS=\"bench sweep\")", None),
+    "bench_h200_tiers_08926ac.md": ("the table of bench_h200_tiers_08926ac.json", "(written by the same run)",
+                                    "NVIDIA H200"),
+    "bench_h200_tiers_08926ac_sweep.json": ("issue 16: every tier's configs side by side (and Hopper's with pointer "
+                                            "loads), window 0 + anchor 0 with compensation and a third of heads "
+                                            "linear", "(the same run)", None),
+    "bench_h200_tiers_08926ac_sweep.md": ("the table of bench_h200_tiers_08926ac_sweep.json", "(the same run)",
+                                          "NVIDIA H200"),
+    "tests_h200_tiers_08926ac.log": ("GPU tests: kernel, op, prologue, block add + norm on the H200's own tier, then "
+                                     "the kernel tests with the consumer and a100 tiers forced",
+                                     "python3 -m pytest tests/test_kernels.py tests/test_ops.py tests/test_prologue.py "
+                                     "tests/test_residual_norm.py; TIER_PARTS=tests bash bench/run_gpu.sh tiers",
+                                     "NVIDIA H200"),
+    "bench_h100_v3.json": ("Version 3 kernel bench, 1.3B and 14B (kernel of ef8dd86 = ea46e08)",
+                           "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p "
+                           "--providers sdpa_cudnn,flex,sla_triton,sol_attn_topk --out $OUT/bench", None),
+    "bench_h100_v3.md": ("the table of bench_h100_v3.json", "(written by the same run)", "NVIDIA H100 80GB HBM3"),
+    "sweep_h100_v3.json": ("Version 3 sweep of kernel variants x launch configs (kernel of ef8dd86)",
+                           "SWEEP_SHAPES=wan13b_480p,wan14b_720p bash bench/run_gpu.sh sweep", None),
+    "sweep_h100_v3.md": ("the table of sweep_h100_v3.json", "(written by the same run)", "NVIDIA H100 80GB HBM3"),
+    "prologue_h100.json": ("fused QK-norm + RoPE vs ComfyUI 0.3.64's path at the three Wan shapes",
+                           "bash bench/run_gpu.sh prologue", None),
+    "ncu_h200_5b_30f771b.txt": ("Nsight Compute: 5B windows 0 and 2 vs 1.3B window 0 (per-program fixed cost)",
+                                "CASES=w0_5b,w2_5b,w0_13b bash bench/run_gpu.sh profile", "NVIDIA H200"),
+    "ncu_h100_lut_6f73ecf.txt": ("Nsight Compute: random LUT masks vs window 0 (the gather's cost)",
+                                 "CASES=random10_13b,random10_14b,w0_13b bash bench/run_gpu.sh profile",
+                                 "NVIDIA H100 80GB HBM3"),
+    "ncu_h100_tma.txt": ("Nsight Compute: window 0, all-dense, 14B window 0 and the QK prologue (`tma` variant)",
+                         "bash bench/run_gpu.sh profile", "NVIDIA H100 80GB HBM3"),
+    "gpu_tests_v3.log": ("GPU tests of the kernel and the op (Version 3)", "bash bench/run_gpu.sh tests",
+                         "NVIDIA H100 80GB HBM3"),
+    "gpu_tests_block_prologue_b3ca391.txt": ("GPU tests of the block add + norm and the QK prologue",
+                                             "python3 -m pytest tests/test_residual_norm.py tests/test_prologue.py",
+                                             "NVIDIA H100 80GB HBM3"),
+    "gpu_check_h100.log": ("the op at the 1.3B shape: all-dense and a heuristic layer vs SDPA (07:45Z update)",
+                           "PYTHONPATH=. python3 bench/gpu_check.py", "NVIDIA H100 80GB HBM3"),
+    "profile_wan21_1.3b_default.txt": ("torch.profiler table of one 1.3B model call, default attention",
+                                       f"{E2E} wan21_1.3b --configs default,sparseflow --steps 4 "
+                                       "--profile sparseflow,default", "NVIDIA H100 80GB HBM3"),
+    "profile_wan21_1.3b_sparseflow_before_blocks.txt": ("the same, SparseFlow before the fused block passes",
+                                                        "(as profile_wan21_1.3b_default.txt)", "NVIDIA H100 80GB HBM3"),
+    "profile_wan21_1.3b_sparseflow_blocks.txt": ("the same, SparseFlow with the fused block passes",
+                                                 "(as profile_wan21_1.3b_default.txt)", "NVIDIA H100 80GB HBM3"),
+}
+E2E_NOTES = {
+    "": "Versions 1-2: the first end-to-end run (steps 1.. timed); working tree of 07:00Z on HEAD 0dbbd67",
+    "_after_pair_cache": "Versions 1-2: after the per-call host fix (pair counts cached)",
+    "_prologue_tma": "Version 3: fused QK prologue, `tma` kernel",
+    "_v3": "Version 3: fused QK prologue, `tma_lean` kernel (code of ef8dd86)",
+    "_compile_ef8dd86": "Version 3 TorchCompileModel at ef8dd86 (a per-layer graph break)",
+    "_compile_ea46e08_regressed": "Version 3 TorchCompileModel at ea46e08 (recompiled every step)",
+    "_compile_32c9a73": "Version 3 TorchCompileModel at 32c9a73 (one graph for every window)",
+    "_v4_before_blocks_profile": "Version 4: before the fused block passes",
+    "_v4_first_blocks_version": "Version 4: the first version of the fused block passes",
+    "_v4": "Version 4: fused block passes before the GELU epilogue; each fusion isolated (step-time breakdown)",
+    "_v4_4steps": "Version 4: 14B over 4 steps before the GELU epilogue (step-time breakdown)",
+    "_v4_gelu": "Version 4: with the FFN's GELU epilogue",
+    "_v4_gelu_4steps": "Version 4: with the FFN's GELU epilogue, 14B over 4 steps",
+    "_v4_final": "Version 4: final code (schedules, sparsity 0.3)",
+    "_compile_v4": "Version 4 TorchCompileModel",
+    "_v5": "sparsity slider and calibrated map (steps 1.. timed)",
+    "_v5_20steps": "end to end, 20 steps, every step timed",
+    "_v5_warm": "end to end, 4 steps, every step timed",
+    "_v5_compile": "TorchCompileModel (1.3B: every configuration; 14B against the `_v5_rest` default)",
+    "_v5_rest": "calibrated map, Sage; 5B compiled rows; the saved 14B default",
+    "_v5_dense": "the `dense` schedule against the `_v5_rest` 14B default",
+    "_v5_compile2": "Sage and calibrated map compiled (5B); sol_attn compiled and the saved 14B default",
+    "_v5_sagec": "Sage + compile against the `_v5_compile2` 14B default",
+    "_v5_calc": "calibrated map + compile against the `_v5_compile2` 14B default",
+    "_v5_defc": "default + compile on the H200 (against the `_v5_compile2` 14B default)",
+}
+# runs whose flags the JSON does not record
+SAVED_REFERENCE = {"e2e_wan21_14b_v5_rest.json": "_v5_rest", "e2e_wan21_14b_v5_compile2.json": "_v5_compile2"}
+USED_REFERENCE = {"e2e_wan21_14b_v5_compile.json": "_v5_rest", "e2e_wan21_14b_v5_dense.json": "_v5_rest",
+                  "e2e_wan21_14b_v5_sagec.json": "_v5_compile2", "e2e_wan21_14b_v5_calc.json": "_v5_compile2",
+                  "e2e_wan21_14b_v5_defc.json": "_v5_compile2"}
+
+
+def _e2e_row(path: Path) -> tuple[str, str, str, str, str]:
+    data = json.loads(path.read_text())
+    env, model = data["env"], data["model"]["model"]
+    tag = path.stem.removeprefix(f"e2e_{model}")
+    configs = ",".join(r["config"] for r in data["rows"])
+    cmd = f"{E2E} {model} --configs {configs} --steps {env['steps']}"
+    if env.get("warmup_steps"):
+        cmd += f" --warmup-steps {env['warmup_steps']}"
+    if not any(r.get("breakdown_s") for r in data["rows"]):
+        cmd += " --breakdown none"
+    cmd += f" --tag {tag}" if tag else ""
+    if path.name in SAVED_REFERENCE:
+        cmd += " --save-reference"
+    if path.name in USED_REFERENCE:
+        cmd += f" --reference .e2e_ref/reference_{model}{USED_REFERENCE[path.name]}"
+    return E2E_NOTES[tag], env.get("gpu", "?"), env.get("commit", "?"), env.get("timestamp", "?")[:16], cmd
+
+
+def _kernel_row(path: Path) -> tuple[str, str, str, str, str]:
+    what, cmd, gpu = KERNEL[path.name]
+    env = json.loads(path.read_text()).get("env", {}) if path.suffix == ".json" else {}
+    name = path.stem
+    commit = env.get("commit") or next((p for p in name.split("_") if len(p) == 7 and p.isalnum()
+                                        and any(c.isdigit() for c in p)), "?")
+    return what, env.get("gpu") or gpu, commit, env.get("timestamp", "")[:16], cmd
+
+
+def result_files() -> list[Path]:
+    return sorted(p for folder in FOLDERS for p in (REPO / folder).iterdir() if p.is_file())
+
+
+def missing_entries() -> list[str]:
+    """Result files that have no description here."""
+    out = []
+    for p in result_files():
+        if p.name.startswith("e2e_") and p.suffix == ".json":
+            model = json.loads(p.read_text())["model"]["model"]
+            if p.stem.removeprefix(f"e2e_{model}") not in E2E_NOTES:
+                out.append(str(p.relative_to(REPO)))
+        elif p.name not in KERNEL:
+            out.append(str(p.relative_to(REPO)))
+    return out
+
+
+def _status(name: str, current: str) -> str:
+    """current when docs/performance.md names the file, else history."""
+    return "current" if name in current else "history"
+
+
+def render() -> str:
+    lines = [
+        "# Result files",
+        "",
+        "Every file in `bench/results/` and `bench/e2e/results/`: what it measured, the GPU and the commit it",
+        "records (`3469371` is a stale commit field from before `SPARSEFLOW_COMMIT`; the description names the",
+        "code), the time (UTC) and the command that made it, run on the GPU machine at that commit (bench/README.md",
+        "says what to carry; an end-to-end run's command is rebuilt from the file's own settings, and the exact",
+        "invocations of the older runs are in docs/history/performance-2026-11-25.md). *current*: docs/performance.md",
+        "quotes it; *history*: only the history does. Generated by `python3 bench/results_index.py`.",
+        "",
+        "| file | measured | GPU | commit | time | command | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    current = (REPO / "docs" / "performance.md").read_text(encoding="utf-8")
+    for p in result_files():
+        row = _e2e_row(p) if p.name.startswith("e2e_") and p.suffix == ".json" else _kernel_row(p)
+        what, gpu, commit, when, cmd = row
+        rel = p.relative_to(REPO).as_posix()
+        lines.append(f"| `{rel}` | {what} | {gpu} | {commit[:7] if len(commit) == 40 else commit} "
+                     f"| {when.replace('T', ' ')} | `{cmd}` | {_status(p.name, current)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    missing = missing_entries()
+    if missing:
+        print("no entry in bench/results_index.py for: " + ", ".join(missing), file=sys.stderr)
+        return 1
+    INDEX.write_text(render(), encoding="utf-8")
+    print(f"wrote {INDEX.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
