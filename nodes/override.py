@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from ..sparseflow.inputs import KernelLaunchError
 from .config import COMFY_BACKEND
 from .decide import EXPECTED_REASONS, Pass
 from .report import log_once
@@ -128,6 +129,9 @@ class SparseFlowOverride:
             q, k, v = (t.take() for t in qkv)  # ours now: freed as soon as the operator is done with them
         try:
             out = _run_operator(q, k, v, decision.call.code, heads, decision.call.backend)
+        except KernelLaunchError as e:  # this GPU cannot launch the kernel: said, with the sizes, in the summary
+            run.passthrough(f"kernel cannot launch here: {e}", "", q, k, logging.WARNING)
+            return self._fallback(func, (q, k, v), False, heads, given, kwargs, dense=True)
         except Exception as e:  # noqa: BLE001 - fall back to dense, counted and logged
             run.passthrough("operator error", f"{type(e).__name__}: {e}", q, k, logging.WARNING)
             return self._fallback(func, (q, k, v), False, heads, given, kwargs, dense=True)

@@ -173,3 +173,23 @@ def test_a_container_aware_override_below_gets_the_calls_sparseflow_passes_as_co
     model = patch_small(pack, below)
     sample_big(comfy, model, steps=2)
     assert kinds == ["containers" if newest else "tensors"] * (2 * LAYERS)  # the cross-attention calls
+
+
+def test_a_gpu_that_cannot_launch_the_kernel_runs_comfyuis_attention_and_says_why(
+        comfy, pack, tiny_models, monkeypatch):  # noqa: F811
+    """KernelLaunchError (every launch config needs more shared memory than the device allows): each such call goes
+    to ComfyUI's attention, and the run summary names the sizes; the result equals the unpatched model's."""
+    from comfyui_sparseflow.sparseflow.inputs import KernelLaunchError
+
+    why = "needs 116 KiB shared memory, the device allows 99 KiB"
+
+    def cannot_launch(*args, **kwargs):
+        raise KernelLaunchError(f"the fused kernel cannot launch on a test GPU: {why}")
+
+    monkeypatch.setattr(pack.override, "_run_operator", cannot_launch)
+    base = tiny_models[tw.WAN21_T2V]
+    patched = patch_small(pack, base, fuse_qk_norm_rope=False, fuse_block_norms=False)
+    out, ref = sample_big(comfy, patched), sample_big(comfy, base)
+    summary = pack.run.last_run(patched).summary
+    assert f"kernel cannot launch here: the fused kernel cannot launch on a test GPU: {why}" in summary
+    assert torch.equal(out, ref)
