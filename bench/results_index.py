@@ -95,7 +95,10 @@ E2E_NOTES = {
     "_v5_sagec": "Sage + compile against the `_v5_compile2` 14B default",
     "_v5_calc": "calibrated map + compile against the `_v5_compile2` 14B default",
     "_v5_defc": "default + compile on the H200 (against the `_v5_compile2` 14B default)",
+    "_newest": "issue 17: the newest-shape tree (0.3.64 + newest-overlay + comfy-kitchen 0.2.40's kernels) at 65110d7",
+    "_0364": "issues 16-18: ComfyUI 0.3.64 in the same call as `_newest` (1.3B: the RTX configs forced, @consumer)",
 }
+TREE_TAGS = {"_newest": "NEWEST_CONFIGS", "_0364": "OLD_CONFIGS"}  # `run_e2e_gpu.sh trees` runs, one file per tree
 # runs whose flags the JSON does not record
 SAVED_REFERENCE = {"e2e_wan21_14b_v5_rest.json": "_v5_rest", "e2e_wan21_14b_v5_compile2.json": "_v5_compile2"}
 USED_REFERENCE = {"e2e_wan21_14b_v5_compile.json": "_v5_rest", "e2e_wan21_14b_v5_dense.json": "_v5_rest",
@@ -109,11 +112,17 @@ def _e2e_row(path: Path) -> tuple[str, str, str, str, str]:
     tag = path.stem.removeprefix(f"e2e_{model}")
     configs = ",".join(r["config"] for r in data["rows"])
     cmd = f"{E2E} {model} --configs {configs} --steps {env['steps']}"
+    if tag in TREE_TAGS:
+        other = "OLD_CONFIGS" if tag == "_newest" else "NEWEST_CONFIGS"
+        cmd = (f"{TREE_TAGS[tag]}={configs} {other}=<the other file's, or -> bash bench/run_e2e_gpu.sh trees {model} "
+               f"--steps {env['steps']}")
+        tag = ""
     if env.get("warmup_steps"):
         cmd += f" --warmup-steps {env['warmup_steps']}"
     if not any(r.get("breakdown_s") for r in data["rows"]):
         cmd += " --breakdown none"
     cmd += f" --tag {tag}" if tag else ""
+    tag = path.stem.removeprefix(f"e2e_{model}")
     if path.name in SAVED_REFERENCE:
         cmd += " --save-reference"
     if path.name in USED_REFERENCE:
