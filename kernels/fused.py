@@ -31,70 +31,12 @@ from ..sparseflow.plan import LINEAR, SPARSE, AttentionPlan
 from . import configs
 from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
 from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
+from .tiles import _key_tile, _online_update, _op
 
 __all__ = ["compiled_variants", "fused_attention"]
 
 
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _op(x, UPCAST: tl.constexpr):
-    """A dot operand; fp32 under the CPU interpreter, whose bf16 tl.dot is wrong (triton 3.9)."""
-    if UPCAST:
-        return x.to(tl.float32)
-    else:
-        return x
-
-
-@triton.jit
-def _online_update(acc, m_i, l_i, qk, v):
-    """One online-softmax step on log2-domain logits qk (BLOCK_M, n) and values v (n, D)."""
-    m_ij = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.math.exp2(qk - m_ij[:, None])
-    alpha = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, m_ij, l_i
-
-
-@triton.jit
-def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale,
-              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
-              TMA: tl.constexpr):
-    """Exact attention to keys [start_n, start_n + BLOCK_N); with MASKED, keys >= lim are masked (lim = L, or 0).
-
-    The max is taken on the raw logits and qk_scale is folded into the exp2 argument (one FMA per logit;
-    scale > 0), and the l update follows the PV dot (Triton 06). TMA: K and V tiles come through tensor
-    descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED.
-    """
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    if TMA:
-        k = kd.load([start_n, 0]).T
-        v = vd.load([start_n, 0])
-    else:
-        offs_d = tl.arange(0, HEAD_DIM)
-        k_ptrs = k_base + offs_n[None, :] * stride_kl + offs_d[:, None]
-        v_ptrs = v_base + offs_n[:, None] * stride_vl + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=(offs_n < lim)[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=(offs_n < lim)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-    k = _op(k, UPCAST)
-    v = _op(v, UPCAST)
-    qk = tl.dot(q, k)
-    if MASKED:
-        qk = tl.where((offs_n < lim)[None, :], qk, -1.0e30)
-    m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-    alpha = tl.math.exp2(m_i - m_ij)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    return acc, m_ij, l_i
 
 
 def _fused_fwd_kernel(
