@@ -163,17 +163,17 @@ class RunState:
             dense_pairs = n * n * cfg.heads * c.batch
             if c.plan_id < 0:
                 routes = self.plans.layers[c.layer].routes if not c.dense_step else (DENSE,) * cfg.heads
-                pairs = dense_pairs
+                pairs = cost = dense_pairs
             else:
                 plan = self.plans.plans[c.plan_id]
                 routes = plan.routes
-                per_head, _ = pair_counts(plan)
+                exact, work = pair_counts(plan)
                 # top-k adds up to topk key blocks per query block on sparse heads (estimate: the full topk)
-                per_head = [min(n * n, p + (n * t if r == SPARSE else 0))
-                            for p, r, t in zip(per_head, plan.routes, plan.topk)]
-                pairs = sum(per_head) * c.batch
+                extra = [n * t if r == SPARSE else 0 for r, t in zip(plan.routes, plan.topk)]
+                pairs = sum(min(n * n, p + e) for p, e in zip(exact, extra)) * c.batch
+                cost = sum(w + e for w, e in zip(work, extra)) * c.batch
             self.telemetry.record(CallRecord(c.step, c.progress, c.layer, c.window, c.topk, c.dense_step,
-                                             tuple(routes), pairs, dense_pairs, c.backend))
+                                             tuple(routes), pairs, dense_pairs, c.backend, cost))
         return self.telemetry
 
     def finish(self) -> RunReport:

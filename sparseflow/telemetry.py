@@ -25,9 +25,10 @@ class CallRecord:
     topk: int
     dense_step: bool
     routes: tuple[int, ...]
-    pairs: int  # computed (query block, key block) pairs summed over heads and batch
+    pairs: int  # exact (query block, key block) pairs summed over heads and batch (density, docs/spec.md §6)
     dense_pairs: int  # the same call fully dense
     backend: str
+    cost: int | None = None  # pairs plus the pooled reads (spec §6: the work done); None: equal to pairs
 
 
 @dataclass
@@ -90,7 +91,8 @@ class RunTelemetry:
         return counts
 
     def flops_saved(self) -> float:
-        done = sum(c.pairs for c in self.calls)
+        """1 - (work done, pooled reads included) / (work of the same calls fully dense)."""
+        done = sum(c.pairs if c.cost is None else c.cost for c in self.calls)
         full = sum(c.dense_pairs for c in self.calls)
         return 1.0 - done / full if full else 0.0
 

@@ -41,3 +41,11 @@ def test_routing_png_is_a_valid_png_with_route_colours():
     assert tuple(row[3 * 1:3 * 2]) == ROUTE_COLORS[0]
     assert tuple(row[3 * 5:3 * 6]) == ROUTE_COLORS[1]
     assert tuple(row[3 * 9:3 * 10]) == ROUTE_COLORS[2]
+
+
+def test_flops_saved_counts_the_pooled_reads_density_only_exact_pairs():
+    t = RunTelemetry()
+    t.record(CallRecord(step=0, progress=0.0, layer=0, window=0, topk=0, dense_step=False, routes=(1, 2), pairs=20,
+                        dense_pairs=100, backend="triton", cost=30))
+    assert t.density_per_step() == {0: 0.2}
+    assert abs(t.flops_saved() - 0.7) < 1e-12
