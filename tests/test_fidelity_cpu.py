@@ -15,7 +15,7 @@ from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
 
 from bench.fidelity.calib import calibrate_captures, calibrated_map
 from bench.fidelity.hooks import CaptureOverride, SparseFlowOverride, plan_for, sigma_at_percent
-from bench.fidelity.metrics import psnr, ssim, temporal
+from comfyui_sparseflow.sparseflow.quality import psnr, ssim, temporal
 
 if comfy_path() is not None:  # the fidelity model and the test fixture must import the same ComfyUI
     os.environ.setdefault("COMFYUI_PATH", str(comfy_path()))

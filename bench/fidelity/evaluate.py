@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from comfyui_sparseflow.sparseflow.geometry import geometry_from_latent
 from comfyui_sparseflow.sparseflow.masks import density
+from comfyui_sparseflow.sparseflow.quality import finite_mean, psnr, ssim, temporal
 from comfyui_sparseflow.sparseflow.routing import routing_preset
 from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, Keyframe, Schedule
 from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
@@ -27,7 +28,6 @@ from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
 from . import calib, timing
 from .data import latent_to_rgb
 from .hooks import FIXED, CaptureOverride, SolAttnOverride, SparseFlowOverride, op_attention, plan_for
-from .metrics import finite_mean, psnr, ssim, temporal
 from .model import load_checkpoint
 from .sampler import held_out_noise, sample
 
