@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .geometry import Geometry
 from .inputs import check_qkv, from_bhld, to_bhld
 from .masks import block_means, block_tables, key_block_ranges, topk_lut
+from .partials import PartialAttention
 from .plan import DENSE, SPARSE, AttentionPlan
 
 __all__ = ["SegmentTable", "dense_attention", "reference_attention", "segment_table"]
@@ -57,22 +58,34 @@ def _extra_tokens(g: Geometry, device: torch.device) -> torch.Tensor:
                       torch.arange(g.prefix + g.video_tokens, g.length, device=device)])
 
 
-def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+           lse: torch.Tensor | None = None) -> torch.Tensor:
+    """`lse`, when given, is a (B, h, L) buffer that receives each row's log-sum-exp (as for every route below)."""
     b, h, length, _ = q.shape
     rows = max(1, _MAX_SCORE_ELEMS // max(1, b * h * k.shape[2]))
     out = torch.empty_like(q)
     for r0 in range(0, length, rows):
         s = (q[:, :, r0:r0 + rows] @ k.transpose(-1, -2)) * scale
         out[:, :, r0:r0 + rows] = torch.softmax(s, dim=-1) @ v
+        if lse is not None:
+            lse[:, :, r0:r0 + rows] = torch.logsumexp(s, dim=-1)
     return out
 
 
-def _softmax_merge(logits: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-    p = torch.softmax(torch.cat(logits, dim=-1), dim=-1)
-    return p @ torch.cat(values, dim=-2)
+def _softmax_merge(logits: list[torch.Tensor], values: list[torch.Tensor],
+                   lse: torch.Tensor | None = None) -> torch.Tensor:
+    s = torch.cat(logits, dim=-1)
+    if lse is not None:
+        lse.copy_(torch.logsumexp(s, dim=-1))
+    return torch.softmax(s, dim=-1) @ torch.cat(values, dim=-2)
 
 
-def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float) -> torch.Tensor:
+def _rows(lse: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor | None:
+    return None if lse is None else lse[:, :, t0:t1]
+
+
+def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float,
+            lse: torch.Tensor | None = None) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab = block_tables(g, blk)
     b, h, length, d = q.shape
@@ -111,11 +124,11 @@ def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None,
             lc = (qi @ km.transpose(-1, -2)) * scale + log_n
             logits.append(lc.masked_fill(~skipped[:, :, None, :], float("-inf")))
             values.append(vm)
-        out[:, :, t0:t1] = _softmax_merge(logits, values)
+        out[:, :, t0:t1] = _softmax_merge(logits, values, _rows(lse, t0, t1))
     return out
 
 
-def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tensor | None = None) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab, seg = block_tables(g, blk), segment_table(g, blk)
     b, h, length, d = q.shape
@@ -134,7 +147,7 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
         t0, t1 = i * blk, min((i + 1) * blk, length)
         qi = q[:, :, t0:t1]
         if tab.has_extra[i]:
-            out[:, :, t0:t1] = _dense(qi, k, v, scale)
+            out[:, :, t0:t1] = _dense(qi, k, v, scale, _rows(lse, t0, t1))
             continue
         qf = (torch.arange(t0, t1, device=dev) - g.prefix) // g.tokens_per_frame  # (bq,)
         s0, s1 = seg.first[tab.flo[i]], seg.first[tab.fhi[i] + 1]
@@ -150,11 +163,11 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
         if len(extra):
             logits.append((qi @ k[:, :, extra].transpose(-1, -2)) * scale)
             values.append(v[:, :, extra])
-        out[:, :, t0:t1] = _softmax_merge(logits, values)
+        out[:, :, t0:t1] = _softmax_merge(logits, values, _rows(lse, t0, t1))
     return out
 
 
-def _linear_feature(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tensor | None = None) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab, fsize = block_tables(g, blk), g.tokens_per_frame
     out = torch.empty_like(q)
@@ -166,20 +179,25 @@ def _linear_feature(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
         a, b = g.prefix + f * fsize, g.prefix + (f + 1) * fsize
         s = phi_k[:, :, a:b].transpose(-1, -2) @ v[:, :, a:b] + s_extra
         z = phi_k[:, :, a:b].sum(dim=2) + z_extra
-        out[:, :, a:b] = (phi_q[:, :, a:b] @ s) / (phi_q[:, :, a:b] @ z[..., None])
+        norm = phi_q[:, :, a:b] @ z[..., None]
+        out[:, :, a:b] = (phi_q[:, :, a:b] @ s) / norm
+        if lse is not None:  # the log of the linear normaliser: partials merge by the same rule (partials.py)
+            lse[:, :, a:b] = torch.log(norm[..., 0])
     for i in range(tab.n):
         if tab.has_extra[i]:
             t0, t1 = i * blk, min((i + 1) * blk, g.length)
-            out[:, :, t0:t1] = _dense(q[:, :, t0:t1], k, v, scale)
+            out[:, :, t0:t1] = _dense(q[:, :, t0:t1], k, v, scale, _rows(lse, t0, t1))
     return out
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
-                        heads: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
+                        heads: int | None = None, lut: torch.Tensor | None = None,
+                        return_lse: bool = False) -> torch.Tensor | PartialAttention:
     """SparseFlow attention of one call (spec §5). Layout (B, H, L, D), or (B, L, H*D) with `heads`.
 
     `lut` is the top-k LUT from `masks.topk_lut`; it is computed here when None and a head needs it.
-    Returns a tensor of q's layout and dtype.
+    Returns a tensor of q's layout and dtype; with `return_lse`, a `PartialAttention` whose `out` is (B, H, L, D)
+    and `lse` (B, H, L) (the log of each row's softmax normaliser, `partials.py`), both in the compute dtype.
     """
     _, h, _, d = check_qkv(q, k, v, plan, heads, op="reference")
     cdt = torch.promote_types(q.dtype, torch.float32)
@@ -188,18 +206,24 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
         lut = topk_lut(qb, kb, plan)
     scale = plan.softmax_scale(d)
     out = torch.empty_like(qb)
+    lse = qb.new_empty(qb.shape[:3]) if return_lse else None
     for (route, window, topk), hs in plan.groups().items():
         idx = torch.tensor(hs, device=q.device)
         qs, ks, vs = qb[:, idx], kb[:, idx], vb[:, idx]
+        ls = None if lse is None else lse.new_empty(lse.shape[0], len(hs), lse.shape[2])
         if route == DENSE:
-            o = _dense(qs, ks, vs, scale)
+            o = _dense(qs, ks, vs, scale, ls)
         elif route == SPARSE:
-            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale)
+            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale, ls)
         elif plan.linear_kind == "pooled":
-            o = _linear_pooled(qs, ks, vs, plan, scale)
+            o = _linear_pooled(qs, ks, vs, plan, scale, ls)
         else:
-            o = _linear_feature(qs, ks, vs, plan, scale)
+            o = _linear_feature(qs, ks, vs, plan, scale, ls)
         out[:, idx] = o
+        if lse is not None:
+            lse[:, idx] = ls
+    if lse is not None:
+        return PartialAttention(out, lse)
     return from_bhld(out.to(q.dtype), q)
 
 

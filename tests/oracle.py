@@ -87,8 +87,8 @@ def oracle_exact_logits(plan: AttentionPlan, route: int, window: int, sel=None) 
     return extra_key | dense_row | (own if plan.linear_own_block else torch.zeros_like(own))
 
 
-def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scale: float, sel) -> torch.Tensor:
-    """One (batch, head): q, k, v are (L, D) float64."""
+def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scale: float, sel):
+    """One (batch, head): q, k, v are (L, D) float64. Returns (out (L, D), lse (L,))."""
     blk = plan.block
     length = q.shape[0]
     frame, n, bframes, bextra = _token_tables(plan)
@@ -96,7 +96,7 @@ def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scal
     dense_row = torch.tensor([bextra[qblock[t]] for t in range(length)])
     s = (q @ k.T) * scale
     if route == DENSE:
-        return torch.softmax(s, -1) @ v
+        return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
     if route == SPARSE:
         bmask = oracle_block_mask(plan, window)
         for i in range(n):
@@ -113,7 +113,7 @@ def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scal
             logits.append(lc.masked_fill(~cmask, float("-inf")))
             values.append(vbar)
         p = torch.softmax(torch.cat(logits, -1), -1)
-        return p @ torch.cat(values, 0)
+        return p @ torch.cat(values, 0), torch.logsumexp(torch.cat(logits, -1), -1)
     # linear
     fr = torch.tensor(frame)
     same_frame = (fr[:, None] == fr[None, :]) & (fr[:, None] >= 0)
@@ -122,6 +122,7 @@ def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scal
         a = (F.elu(q) + 1) @ (F.elu(k) + 1).T
         a = a.masked_fill(~(same_frame | extra_key), 0.0)
         out = (a @ v) / a.sum(-1, keepdim=True)
+        lse = torch.log(a.sum(-1))
     else:
         segs = {}
         for t in range(length):
@@ -142,19 +143,26 @@ def _head(q, k, v, plan: AttentionPlan, route: int, window: int, topk: int, scal
         logits = [s.masked_fill(~tmask, float("-inf")), lc.masked_fill(~cmask, float("-inf"))]
         p = torch.softmax(torch.cat(logits, -1), -1)
         out = p @ torch.cat([v, vbar], 0)
+        lse = torch.logsumexp(torch.cat(logits, -1), -1)
     dense = torch.softmax(s, -1) @ v
-    return torch.where(dense_row[:, None], dense, out)
+    return torch.where(dense_row[:, None], dense, out), torch.where(dense_row, torch.logsumexp(s, -1), lse)
 
 
 def oracle_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
     """(B, H, L, D) -> (B, H, L, D) float64."""
+    return oracle_attention_lse(q, k, v, plan)[0]
+
+
+def oracle_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan):
+    """(out (B, H, L, D), lse (B, H, L)) float64; lse is the log of each row's normaliser."""
     q, k, v = q.double(), k.double(), v.double()
     scale = plan.scale if plan.scale is not None else q.shape[-1] ** -0.5
     out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3])
     for h in range(q.shape[1]):
         route, window, topk = plan.routes[h], plan.window[h], plan.topk[h]
         sel = oracle_topk(q[:, h:h + 1], k[:, h:h + 1], plan, window, topk) if (route == SPARSE and topk) else None
         for b in range(q.shape[0]):
-            out[b, h] = _head(q[b, h], k[b, h], v[b, h], plan, route, window, topk, scale,
-                              sel[b][0] if sel is not None else None)
-    return out
+            out[b, h], lse[b, h] = _head(q[b, h], k[b, h], v[b, h], plan, route, window, topk, scale,
+                                         sel[b][0] if sel is not None else None)
+    return out, lse
