@@ -8,7 +8,8 @@ sequence shard, for three modes:
   heads of every layer dense, as a calibrated map can cluster them), contiguous head placement (yunchang's);
 - `sparseflow_balanced`: the same with routing-aware head placement (`heads_placement.placement_for`).
 "planned max/mean" is the step's attention cost (spec §6 pairs, `heads_placement.head_costs`) on the busiest
-rank over the mean rank, summed over the step's calls: what balancing lowers. A step's time is the sum over layers of the median call time (CUDA events after a barrier), averaged over the
+rank over the mean rank, summed over the step's calls: what balancing lowers. A step's time is the sum over layers
+of the median call time (wall clock between barriers, the slowest rank's), averaged over the
 schedule's steps (each distinct (layer plan, step parameters) is timed once and weighted by its count). Only
 the attention is timed, not the whole DiT (the projections, FFN and norms split over ranks without
 communication). Peak memory is `torch.cuda.max_memory_allocated` per rank. One JSON file per (model, P):
@@ -165,8 +166,9 @@ def run(args: argparse.Namespace) -> None:
                          "peak_mem_gib_per_rank": [float(p) / 2**30 for p in peaks], "steps": args.steps,
                          "layers": layers, "heads": heads, "tokens": geom.length, "dtype": str(dtype), **env})
             if rank == 0:
-                print(f"{args.model} P={world} {mode:20s} {rows[-1]['routing']:9s} attention {step_s:.4f} s/step, "
-                      f"planned max/mean {planned_max / planned_mean:.3f}, peak {max(rows[-1]['peak_mem_gib_per_rank']):.2f} GiB",
+                r = rows[-1]
+                print(f"{args.model} P={world} {mode:20s} {r['routing']:9s} attention {step_s:.4f} s/step, planned "
+                      f"max/mean {r['planned_cost_max_over_mean']:.3f}, peak {max(r['peak_mem_gib_per_rank']):.2f} GiB",
                       flush=True)
     if rank == 0:
         out = Path(args.out)

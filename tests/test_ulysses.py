@@ -45,9 +45,8 @@ def test_ulysses_sparseflow_equals_single_process(world, tmp_path):
 
 def test_ulysses_needs_an_even_sequence_split():
     pytest.importorskip("torch.distributed")
-    from comfyui_sparseflow.sparseflow.ulysses import ulysses_attention
-
     import torch.distributed as dist
+    from comfyui_sparseflow.sparseflow.ulysses import ulysses_attention
 
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
