@@ -125,12 +125,12 @@ def _env(device: torch.device) -> dict:
 def run(args: argparse.Namespace) -> None:
     tiny = args.model == "tiny"
     backend = "gloo" if tiny or not torch.cuda.is_available() else "nccl"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local = int(os.environ.get("LOCAL_RANK", rank))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cpu") if backend == "gloo" else torch.device("cuda", local)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before the process group, so NCCL binds this rank to its GPU
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
     layers, heads, geom = MODELS[args.model]
     d, block = (64, 64) if tiny else (128, 128)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16

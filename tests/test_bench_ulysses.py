@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import bench_ulysses
+
 pytest.importorskip("yunchang", reason="yunchang (the Ulysses all-to-all engine) is not installed: "
                                        "pip install -r requirements-dev.txt")
 
@@ -23,7 +25,7 @@ def _torchrun(nproc: int, out: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_bench_ulysses_tiny_runs_and_summarizes(tmp_path):
+def test_bench_ulysses_tiny_runs_and_summarizes(tmp_path, capsys):
     for nproc in (1, 2):
         _torchrun(nproc, tmp_path)
     rows = json.loads((tmp_path / "ulysses_tiny_p2.json").read_text())
@@ -35,22 +37,15 @@ def test_bench_ulysses_tiny_runs_and_summarizes(tmp_path):
     by = {(r["mode"], r["routing"]): r for r in rows}
     assert by["sparseflow_balanced", "mixed"]["planned_cost_max_over_mean"] < \
         by["sparseflow", "mixed"]["planned_cost_max_over_mean"], "balancing must lower the planned imbalance"
-    res = subprocess.run([sys.executable, str(BENCH), "--summarize", str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
+    bench_ulysses.summarize(tmp_path)
     table = json.loads((tmp_path / "summary.json").read_text())
     assert len(table) == 10
     for r in table:
         assert r["scaling_efficiency"] is not None and r["scaling_efficiency"] > 0
-    assert "| tiny | 2 | sparseflow_balanced | mixed |" in res.stdout
+    assert "| tiny | 2 | sparseflow_balanced | mixed |" in capsys.readouterr().out
 
 
 def test_planned_table_shows_balancing_on_mixed_routes():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import bench_ulysses
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     rows = bench_ulysses.planned(steps=30)
     assert len(rows) == 12
     for r in rows:
