@@ -17,8 +17,16 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from ..sparseflow.compare import (AttentionError, Comparison, RunTimes, as_video, compare_space, difference_video,
-                                  plot_payload, report_text)
+from ..sparseflow.compare import (
+    AttentionError,
+    Comparison,
+    RunTimes,
+    as_video,
+    compare_space,
+    difference_video,
+    plot_payload,
+    report_text,
+)
 from .config import SPARSEFLOW_KEY, PatchConfig
 from .patch import remove_sparseflow
 from .run import last_run
