@@ -16,6 +16,9 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
   sparseflow_spNNN the same with the Patch node's sparsity slider at NNN/100 (e.g. sparseflow_sp030)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
+  compare          the SparseFlow Compare node's own functions (nodes/compare.py) on the `sparseflow` patch: the
+                   patched and the dense sampling (sample_pair) plus the latent-space report (compare_results);
+                   its cost against `default` + `sparseflow` of the same call (it should cost one dense run more)
   <name>+compile   the same after ComfyUI's TorchCompileModel (set_torch_compile_wrapper, backend inductor)
   <name>@<tier>    the fused kernel's launch configs forced to a tier of kernels/configs.py ($SPARSEFLOW_LAUNCH_TIER),
                    e.g. sparseflow@consumer: the configs an RTX 30/40/50 card gets, run on this GPU (a proxy)
@@ -240,6 +243,8 @@ class Bench:
         if self.cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        if name == "compare":
+            return self._compare(row)
         try:
             m, notes = self._patched(name)
             if self.cuda:
@@ -325,6 +330,58 @@ class Bench:
         return row
 
 
+    def _compare(self, row: dict) -> dict:
+        """The Compare node's sampling and report (nodes/compare.py), timed as a whole and per part."""
+        from comfyui_sparseflow.nodes import compare as sf_compare
+
+        a = self.args
+        try:
+            patched = self.sf_patch.apply_sparseflow(self.model.clone(), backend=self.backend)
+            latent = {"samples": self.latent}
+
+            def pair(steps: int):
+                return sf_compare.sample_pair(patched, self.positive, self.negative, latent, seed=a.seed, steps=steps,
+                                              cfg=a.cfg, sampler_name=a.sampler, scheduler=a.scheduler)
+
+            if a.warmup_steps:
+                _sync(self.cuda)
+                tw = time.perf_counter()
+                pair(a.warmup_steps)
+                _sync(self.cuda)
+                row["warmup_s"] = time.perf_counter() - tw
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            _sync(self.cuda)
+            t0 = time.perf_counter()
+            result = pair(a.steps)
+            t1 = time.perf_counter()
+            comparison, _, report = sf_compare.compare_results(result.patched, result.dense, times=result.times,
+                                                               run_summary=result.run_summary)
+            total = time.perf_counter() - t0
+            row.update(status="ok", total_s=total, sampling_s=t1 - t0, report_s=total - (t1 - t0),
+                       patched_s=result.times.patched_s, dense_s=result.times.dense_s,
+                       compare_speedup=result.times.speedup, psnr_latent=comparison.latent.psnr_overall,
+                       ssim_latent=comparison.latent.ssim_overall, report_head=report.split("\n")[:4],
+                       peak_gib=torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None,
+                       finite=bool(torch.isfinite(result.patched).all() and torch.isfinite(result.dense).all()))
+            if self.reference_latent is not None:  # the Compare node's dense run against the `default` run
+                ref = self.reference_latent
+                row["dense_rel_err_vs_default"] = float((result.dense.float() - ref).norm() / ref.norm())
+            done = {r["config"]: r for r in self.results if r.get("status") == "ok"}
+            if "default" in done and "sparseflow" in done:
+                both = done["default"]["total_s"] + done["sparseflow"]["total_s"]
+                row["vs_default_plus_sparseflow"] = total / both
+                row["minus_sparseflow_vs_default"] = ((total - done["sparseflow"]["total_s"])
+                                                      / done["default"]["total_s"])
+            if self.default_peak and row["peak_gib"] is not None:
+                row["peak_vs_default_pct"] = 100.0 * (row["peak_gib"] / self.default_peak - 1.0)
+        except Exception as e:  # noqa: BLE001 - one failing configuration must not stop the others
+            row.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            log.error("compare failed: %s", row["error"])
+        self.results.append(row)
+        log.info("compare: %s", {k: v for k, v in row.items() if k not in ("traceback",)})
+        return row
+
     def profile(self, name: str, out: Path, rows: int = 45) -> None:
         """One sampler step (one CFG-batched model call) of `name` under torch.profiler: the top kernels by their
         own time, to <out>/profile_<model>_<name>.txt. Run after `run(name)`, so compile/autotune is done."""
@@ -377,10 +434,10 @@ def table(info: dict, rows: list[dict], reference: dict | None = None) -> str:
             lines.append(f"| {r['config']} | {r.get('status')}: {r.get('error', '')[:120]} ||||||||")
             continue
         lines.append("| " + " | ".join([
-            r["config"], _f(r["s_per_step"], ".3f"), _f(r.get("steady_s_per_step"), ".3f"), _f(r["total_s"], ".1f"),
+            r["config"], _f(r.get("s_per_step"), ".3f"), _f(r.get("steady_s_per_step"), ".3f"), _f(r["total_s"], ".1f"),
             _f(r.get("speedup"), ".2f") + "x",
             _f(r.get("peak_gib"), ".1f"), _f(r.get("peak_vs_default_pct"), "+.1f%"),
-            _f(r["first_step_overhead_s"], ".1f"), _f(r.get("calibration_s"), ".1f"),
+            _f(r.get("first_step_overhead_s"), ".1f"), _f(r.get("calibration_s"), ".1f"),
             _f(r.get("rel_err"), ".3g")]) + " |")
     notes = []
     for r in rows:
@@ -391,6 +448,13 @@ def table(info: dict, rows: list[dict], reference: dict | None = None) -> str:
                          f"{r['sol_attn_calls']['dense']} (sigma window {r['sol_attn_sigma_window']})")
         if r.get("calibration"):
             notes.append(f"- {r['config']}: " + "; ".join(r["calibration"]))
+        if r.get("patched_s") is not None:
+            cost = (f"; total = {r['vs_default_plus_sparseflow']:.2f} x (default + sparseflow totals), total - "
+                    f"sparseflow total = {r['minus_sparseflow_vs_default']:.2f} x default total"
+                    if "vs_default_plus_sparseflow" in r else "")
+            notes.append(f"- {r['config']}: patched run {r['patched_s']:.1f} s, dense run {r['dense_s']:.1f} s, "
+                         f"report {r['report_s']:.2f} s{cost}; latent PSNR {r['psnr_latent']:.2f} dB, dense run vs "
+                         f"default rel. err {_f(r.get('dense_rel_err_vs_default'), '.3g')}")
         if r.get("dynamo"):
             notes.append(f"- {r['config']}: dynamo counters so far in the process {r['dynamo']}")
     if notes:

@@ -112,3 +112,15 @@ def test_the_gpu_runner_builds_both_trees_and_runs_each_in_one_call(tmp_path):
         assert set(rows) == {"default", "sparseflow_quality"} and all(r["status"] == "ok" for r in rows.values())
         summary = rows["sparseflow_quality"]["sparseflow_summary"]
         assert f"(Wan forward: {forwards[tag]}" in summary and "passed to ComfyUI attention: cross-attention" in summary
+
+
+def test_the_compare_configuration_times_the_compare_nodes_two_runs_and_its_dense_run_is_default(tmp_path):
+    data = _run(tmp_path, "--configs", "default,sparseflow,compare", "--steps", "1", "--breakdown", "")
+    rows = {r["config"]: r for r in data["rows"]}
+    row = rows["compare"]
+    assert row["status"] == "ok", row.get("error")
+    assert row["dense_rel_err_vs_default"] == 0.0  # the node's dense run samples exactly what `default` sampled
+    assert row["total_s"] >= row["patched_s"] + row["dense_s"]
+    both = rows["default"]["total_s"] + rows["sparseflow"]["total_s"]
+    assert row["vs_default_plus_sparseflow"] == pytest.approx(row["total_s"] / both)
+    assert "- compare: patched run" in data["stdout"] and "x (default + sparseflow totals)" in data["stdout"]

@@ -28,7 +28,7 @@ def load_pack() -> SimpleNamespace:
     load_pack_package()
     mods = {name: importlib.import_module(f"{PACKAGE}.nodes.{name}")
             for name in ("types", "config", "context", "decide", "run", "override", "hook", "prologue",
-                         "fused_block", "patch", "schedule", "routing", "calibrate", "extension")}
+                         "fused_block", "patch", "schedule", "routing", "calibrate", "compare", "extension")}
     return SimpleNamespace(**mods)
 
 
@@ -116,7 +116,7 @@ def test_pack_imports_as_a_package_beside_comfyuis_own_nodes_module(pack):
     assert isinstance(pack.hook, ModuleType)
 
 
-def test_extension_lists_the_five_nodes_and_registers_the_safetensors_only_folder(pack):
+def test_extension_lists_the_seven_nodes_and_registers_the_safetensors_only_folder(pack):
     import asyncio
 
     import folder_paths
@@ -124,7 +124,7 @@ def test_extension_lists_the_five_nodes_and_registers_the_safetensors_only_folde
     nodes = asyncio.run(pack.extension.SparseFlowExtension().get_node_list())
     ids = [n.GET_SCHEMA().node_id for n in nodes]
     assert ids == ["SparseFlowPatch", "SparseFlowSchedule", "SparseFlowRouting", "SparseFlowCalibrate",
-                   "SparseFlowSaveRouting"]
+                   "SparseFlowSaveRouting", "SparseFlowCompare", "SparseFlowCompareResults"]
     paths, exts = folder_paths.folder_names_and_paths["sparseflow"]
     assert exts == {".safetensors"}
     assert paths[0] == str(Path(folder_paths.models_dir) / "sparseflow")

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 EXPECTED = {
     "wan2.1_t2v_1.3B_sparseflow", "wan2.1_i2v_14B_sparseflow", "wan2.2_ti2v_5B_sparseflow",
-    "wan2.2_t2v_14B_sparseflow", "wan2.1_t2v_1.3B_calibrate_then_save",
+    "wan2.2_t2v_14B_sparseflow", "wan2.1_t2v_1.3B_calibrate_then_save", "wan2.1_t2v_1.3B_compare",
 }
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

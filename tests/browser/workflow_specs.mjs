@@ -186,4 +186,32 @@ export const SPECS = [
       ],
     };
   })(),
+  (() => {
+    const unet = model(HF21, "diffusion_models", "wan2.1_t2v_1.3B_fp16.safetensors");
+    return {
+      name: "wan2.1_t2v_1.3B_compare",
+      nodes: [
+        { id: 1, type: "UNETLoader", pos: [20, 40], widgets: { unet_name: unet.name, weight_dtype: "default" }, models: [unet] },
+        ...textAndVae(VAE21),
+        { id: 13, type: "ModelSamplingSD3", pos: [20, 480], widgets: { shift: 8 } },
+        { id: 20, type: "EmptyHunyuanLatentVideo", pos: [380, 470], widgets: { width: 832, height: 480, length: 81, batch_size: 1 } },
+        patch(840, 40),
+        { id: 19, type: "SparseFlowCompare", pos: [1320, 40], size: [360, 0],
+          widgets: { seed: 42, control_after_generate: "fixed", steps: 30, cfg: 6, sampler_name: "uni_pc", scheduler: "simple" } },
+        { id: 24, type: "PreviewImage", title: "Difference |SparseFlow - dense|", pos: [1760, 40], size: [360, 360] },
+        { id: 25, type: "PreviewAny", title: "Compare report", pos: [1760, 440], size: [360, 300] },
+        { id: 40, type: "VAEDecode", title: "VAE Decode (SparseFlow result)", pos: [1320, 470] },
+        { id: 41, type: "CreateVideo", pos: [1320, 570], widgets: { fps: 16 } },
+        { id: 42, type: "SaveVideo", pos: [1320, 700], size: [360, 110],
+          widgets: { filename_prefix: "video/sparseflow", format: "auto", codec: "auto" } },
+      ],
+      links: [
+        ...textLinks,
+        [1, "MODEL", 13, "model"], [13, "MODEL", 12, "model"], [12, "MODEL", 19, "model"],
+        [4, "CONDITIONING", 19, "positive"], [5, "CONDITIONING", 19, "negative"], [20, "LATENT", 19, "latent_image"],
+        [3, "VAE", 19, "vae"], [19, "difference", 24, "images"], [19, "report", 25, "source"],
+        [19, "patched", 40, "samples"], [3, "VAE", 40, "vae"], [40, "IMAGE", 41, "images"], [41, "VIDEO", 42, "video"],
+      ],
+    };
+  })(),
 ];
