@@ -46,7 +46,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -62,29 +61,15 @@ from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, schedule_pr
 
 from bench.e2e import boot  # noqa: E402
 from bench.e2e.checkpoints import MODELS, build_state_dict  # noqa: E402
+from bench.e2e.compare_run import run_compare  # noqa: E402
+from bench.e2e.profiling import profile  # noqa: E402
 from bench.e2e.reference import load_reference, mismatches, save_reference  # noqa: E402
-from bench.e2e.timing import Breakdown, StepTimer  # noqa: E402
+from bench.e2e.table import table  # noqa: E402
+from bench.e2e.timing import Breakdown, StepTimer, sync  # noqa: E402
 
 log = logging.getLogger("sparseflow.bench.e2e")
 
 BASE_CONFIGS = ("default", "sage", "sol_attn", "sparseflow", "sparseflow_cal")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(boot.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def comfyui_tree(comfy) -> str:
-    """Which ComfyUI tree runs: $SPARSEFLOW_E2E_TREE (bench/run_e2e_gpu.sh sets it), else "newest-overlay" when the
-    Wan forward passes AttentionTensorContainers (../shared/comfyui/newest-overlay), else ComfyUI's version."""
-    named = os.environ.get("SPARSEFLOW_E2E_TREE")
-    if named:
-        return named
-    return "newest-overlay" if hasattr(comfy.attention, "AttentionTensorContainer") else comfy.version
 
 
 def _bytes_by_dtype(module: torch.nn.Module) -> dict[str, float]:
@@ -92,11 +77,6 @@ def _bytes_by_dtype(module: torch.nn.Module) -> dict[str, float]:
     for p in module.parameters():
         out[str(p.dtype)] = out.get(str(p.dtype), 0.0) + p.numel() * p.element_size() / 2**30
     return out
-
-
-def _sync(cuda: bool) -> None:
-    if cuda:
-        torch.cuda.synchronize()
 
 
 class Bench:
@@ -132,7 +112,7 @@ class Bench:
     def load(self) -> dict:
         t0 = time.perf_counter()
         sd = build_state_dict(self.bench, self.device, dtype=torch.bfloat16, seed=self.args.seed)
-        _sync(self.cuda)
+        sync(self.cuda)
         built = time.perf_counter() - t0
         options = {"dtype": getattr(torch, self.args.dtype)} if self.args.dtype else {}
         self.model = self.comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
@@ -143,7 +123,7 @@ class Bench:
         if cls != self.bench.expected_class:
             raise RuntimeError(f"detection picked {cls}, expected {self.bench.expected_class}")
         self.comfy.model_management.load_models_gpu([self.model])
-        _sync(self.cuda)
+        sync(self.cuda)
         c, t, h, w = self.bench.latent
         self.latent = self.comfy.sample.fix_empty_latent_channels(self.model, torch.zeros(1, c, t, h, w))
         g = torch.Generator().manual_seed(self.args.seed + 1)
@@ -200,13 +180,13 @@ class Bench:
         if self._calibrated is None and a.calibrate_with == "node":
             # the SparseFlow Calibrate node's own function: dense sampling of all steps, reference operator
             from comfyui_sparseflow.nodes import calibrate as sf_calibrate
-            _sync(self.cuda)
+            sync(self.cuda)
             t0 = time.perf_counter()
             rmap, report = sf_calibrate.calibrate_model(self.model, self.positive, self.negative,
                                                         {"samples": self.latent}, steps=a.steps, cfg=a.cfg,
                                                         seed=a.seed, sampler_name=a.sampler, scheduler=a.scheduler,
                                                         budget=a.budget)
-            _sync(self.cuda)
+            sync(self.cuda)
             self._calibrated = (rmap, time.perf_counter() - t0, report.split("\n")[:3])
             return self._calibrated
         if self._calibrated is None:
@@ -244,7 +224,7 @@ class Bench:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         if name == "compare":
-            return self._compare(row)
+            return run_compare(self, row)
         try:
             m, notes = self._patched(name)
             if self.cuda:
@@ -259,17 +239,17 @@ class Bench:
                 # an untimed sampling first (compile, autotune, first-call plans): then every timed step counts,
                 # so a configuration's dense steps are timed wherever its schedule puts them (sol_attn's first
                 # 20 %, the `quality` preset's last 15 %)
-                _sync(self.cuda)
+                sync(self.cuda)
                 tw = time.perf_counter()
                 self._sample(m, noise, a.warmup_steps)
-                _sync(self.cuda)
+                sync(self.cuda)
                 row["warmup_s"] = time.perf_counter() - tw
-            _sync(self.cuda)
+            sync(self.cuda)
             t0 = time.perf_counter()
             timer.start()
             with breakdown if breakdown is not None else contextlib.nullcontext():
                 out = self._sample(m, noise, a.steps, callback=timer)
-            _sync(self.cuda)
+            sync(self.cuda)
             total = time.perf_counter() - t0
             steps = timer.step_seconds()
             # after a warm-up every step is timed; without one step 0 holds compile/autotune and is left out
@@ -328,149 +308,6 @@ class Bench:
         self.results.append(row)
         log.info("%s: %s", name, {k: v for k, v in row.items() if k not in ("traceback",)})
         return row
-
-
-    def _compare(self, row: dict) -> dict:
-        """The Compare node's sampling and report (nodes/compare.py), timed as a whole and per part."""
-        from comfyui_sparseflow.nodes import compare as sf_compare
-
-        a = self.args
-        try:
-            patched = self.sf_patch.apply_sparseflow(self.model.clone(), backend=self.backend)
-            latent = {"samples": self.latent}
-
-            def pair(steps: int):
-                return sf_compare.sample_pair(patched, self.positive, self.negative, latent, seed=a.seed, steps=steps,
-                                              cfg=a.cfg, sampler_name=a.sampler, scheduler=a.scheduler)
-
-            if a.warmup_steps:
-                _sync(self.cuda)
-                tw = time.perf_counter()
-                pair(a.warmup_steps)
-                _sync(self.cuda)
-                row["warmup_s"] = time.perf_counter() - tw
-            if self.cuda:
-                torch.cuda.reset_peak_memory_stats()
-            _sync(self.cuda)
-            t0 = time.perf_counter()
-            result = pair(a.steps)
-            t1 = time.perf_counter()
-            comparison, _, report = sf_compare.compare_results(result.patched, result.dense, times=result.times,
-                                                               run_summary=result.run_summary)
-            total = time.perf_counter() - t0
-            row.update(status="ok", total_s=total, sampling_s=t1 - t0, report_s=total - (t1 - t0),
-                       patched_s=result.times.patched_s, dense_s=result.times.dense_s,
-                       compare_speedup=result.times.speedup, psnr_latent=comparison.latent.psnr_overall,
-                       ssim_latent=comparison.latent.ssim_overall, report_head=report.split("\n")[:4],
-                       peak_gib=torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None,
-                       finite=bool(torch.isfinite(result.patched).all() and torch.isfinite(result.dense).all()))
-            if self.reference_latent is not None:  # the Compare node's dense run against the `default` run
-                ref = self.reference_latent
-                row["dense_rel_err_vs_default"] = float((result.dense.float() - ref).norm() / ref.norm())
-            done = {r["config"]: r for r in self.results if r.get("status") == "ok"}
-            if "default" in done and "sparseflow" in done:
-                both = done["default"]["total_s"] + done["sparseflow"]["total_s"]
-                row["vs_default_plus_sparseflow"] = total / both
-                row["minus_sparseflow_vs_default"] = ((total - done["sparseflow"]["total_s"])
-                                                      / done["default"]["total_s"])
-            if self.default_peak and row["peak_gib"] is not None:
-                row["peak_vs_default_pct"] = 100.0 * (row["peak_gib"] / self.default_peak - 1.0)
-        except Exception as e:  # noqa: BLE001 - one failing configuration must not stop the others
-            row.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
-            log.error("compare failed: %s", row["error"])
-        self.results.append(row)
-        log.info("compare: %s", {k: v for k, v in row.items() if k not in ("traceback",)})
-        return row
-
-    def profile(self, name: str, out: Path, rows: int = 45) -> None:
-        """One sampler step (one CFG-batched model call) of `name` under torch.profiler: the top kernels by their
-        own time, to <out>/profile_<model>_<name>.txt. Run after `run(name)`, so compile/autotune is done."""
-        from torch.profiler import ProfilerActivity, profile
-
-        a = self.args
-        m, _ = self._patched(name)
-        noise = self.comfy.sample.prepare_noise(self.latent, a.seed)
-        _sync(self.cuda)
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-        with profile(activities=acts) as prof:
-            self._sample(m, noise, 1)
-            _sync(self.cuda)
-        key = "self_device_time_total" if self.cuda else "self_cpu_time_total"
-        events = prof.key_averages()
-        total_ms = sum(getattr(e, key, 0) for e in events) / 1e3
-        text = (f"# one model call of {name} ({self.bench.name}), sorted by {key}; sum {total_ms:.1f} ms\n"
-                + events.table(sort_by=key, row_limit=rows, max_name_column_width=90))
-        (out / f"profile_{self.bench.name}_{name}.txt").write_text(text)
-        print(text[:8000])
-        del m
-
-
-# -- report ------------------------------------------------------------------------------------------------
-
-def _f(x, fmt: str) -> str:
-    if x is None:
-        return ""
-    return format(x, fmt[:-1]) + "%" if fmt.endswith("%") else format(x, fmt)
-
-
-def table(info: dict, rows: list[dict], reference: dict | None = None) -> str:
-    lines = [f"### {info['model']} ({info['class']}, {info['video']}, latent {tuple(info['latent'])}, "
-             f"{info['tokens']} tokens, {info['layers']} layers x {info['heads']} heads; "
-             f"ComfyUI {info.get('comfyui_tree', '?')})",
-             "",
-             "s/step: " + ("mean of all steps, after an untimed warm-up sampling"
-                           if any(r.get("timed_steps") == "all" for r in rows) else
-                           "mean of steps 1.. (step 0 holds compile/autotune)"),
-             *(["", f"speed-up, peak vs default and rel. err: against the default run saved in {reference['file']} "
-                    f"(a separate run: {reference['gpu']}, commit {reference['commit']}, {reference['timestamp']}; "
-                    f"default {reference['s_per_step']:.3f} s/step, peak {_f(reference['peak_gib'], '.1f')} GiB)"]
-               if reference else []),
-             "",
-             "| configuration | s/step | steady s/step | total s | speed-up | peak GiB | peak vs default "
-             "| first-step overhead s | calibration s | rel. err vs default |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.get("status") != "ok":
-            lines.append(f"| {r['config']} | {r.get('status')}: {r.get('error', '')[:120]} ||||||||")
-            continue
-        lines.append("| " + " | ".join([
-            r["config"], _f(r.get("s_per_step"), ".3f"), _f(r.get("steady_s_per_step"), ".3f"), _f(r["total_s"], ".1f"),
-            _f(r.get("speedup"), ".2f") + "x",
-            _f(r.get("peak_gib"), ".1f"), _f(r.get("peak_vs_default_pct"), "+.1f%"),
-            _f(r.get("first_step_overhead_s"), ".1f"), _f(r.get("calibration_s"), ".1f"),
-            _f(r.get("rel_err"), ".3g")]) + " |")
-    notes = []
-    for r in rows:
-        if r.get("sparseflow_summary"):
-            notes.append(f"- {r['config']}: {r['sparseflow_summary']}")
-        if r.get("sol_attn_calls"):
-            notes.append(f"- {r['config']}: self-attention calls sparse {r['sol_attn_calls']['sparse']}, dense "
-                         f"{r['sol_attn_calls']['dense']} (sigma window {r['sol_attn_sigma_window']})")
-        if r.get("calibration"):
-            notes.append(f"- {r['config']}: " + "; ".join(r["calibration"]))
-        if r.get("patched_s") is not None:
-            cost = (f"; total = {r['vs_default_plus_sparseflow']:.2f} x (default + sparseflow totals), total - "
-                    f"sparseflow total = {r['minus_sparseflow_vs_default']:.2f} x default total"
-                    if "vs_default_plus_sparseflow" in r else "")
-            notes.append(f"- {r['config']}: patched run {r['patched_s']:.1f} s, dense run {r['dense_s']:.1f} s, "
-                         f"report {r['report_s']:.2f} s{cost}; latent PSNR {r['psnr_latent']:.2f} dB, dense run vs "
-                         f"default rel. err {_f(r.get('dense_rel_err_vs_default'), '.3g')}")
-        if r.get("dynamo"):
-            notes.append(f"- {r['config']}: dynamo counters so far in the process {r['dynamo']}")
-    if notes:
-        lines += [""] + notes
-    bd = [r for r in rows if r.get("breakdown_s")]
-    if bd:
-        parts = Breakdown.PARTS
-        lines += ["", "Step-time breakdown (ms per model call = per step, CFG batch of 2; mean of the timed steps):",
-                  "",
-                  "| configuration | forward | " + " | ".join(parts) + " |",
-                  "|---|---|" + "---|" * len(parts)]
-        for r in bd:
-            b = r["breakdown_s"]
-            lines.append(f"| {r['config']} | {b['forward'] * 1e3:.0f} | "
-                         + " | ".join(f"{b[p] * 1e3:.0f} ({100 * b[p] / b['forward']:.0f}%)" for p in parts) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -532,7 +369,7 @@ def main() -> None:
         configs.insert(0, "default")
     env = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
            "torch": torch.__version__, "python": platform.python_version(), "comfyui": bench.comfy.version,
-           "commit": os.environ.get("SPARSEFLOW_COMMIT") or _git_commit(),
+           "commit": os.environ.get("SPARSEFLOW_COMMIT") or boot.git_commit(),
            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
            "steps": a.steps, "warmup_steps": a.warmup_steps, "cfg": a.cfg, "sampler": a.sampler,
            "scheduler": a.scheduler, "seed": a.seed,
@@ -542,7 +379,7 @@ def main() -> None:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         pass
-    env["comfyui_tree"] = info["comfyui_tree"] = comfyui_tree(bench.comfy)
+    env["comfyui_tree"] = info["comfyui_tree"] = boot.comfyui_tree(bench.comfy)
     try:
         from importlib.metadata import version
         env["comfy_kitchen"] = version("comfy-kitchen")
@@ -570,7 +407,7 @@ def main() -> None:
                                                                   "rows": bench.results}, indent=1, default=str))
     print(f"\n{json.dumps(env)}\n{text}")
     for name in [c for c in a.profile.split(",") if c]:
-        bench.profile(name, out)
+        profile(bench, name, out)
 
 
 if __name__ == "__main__":

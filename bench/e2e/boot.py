@@ -21,11 +21,12 @@ import importlib
 import importlib.util
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
-__all__ = ["REPO", "comfy_root", "import_comfy", "import_pack", "peers_site"]
+__all__ = ["REPO", "comfy_root", "comfyui_tree", "git_commit", "import_comfy", "import_pack", "peers_site"]
 
 log = logging.getLogger("sparseflow.bench.e2e.boot")
 
@@ -106,3 +107,21 @@ def import_comfy(cpu: bool) -> SimpleNamespace:
 def import_pack() -> ModuleType:
     """The repository root as package `comfyui_sparseflow` (loaded when this module was imported)."""
     return load_pack_package()
+
+
+def git_commit() -> str:
+    """Short hash of the repository's HEAD, or "unknown"."""
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def comfyui_tree(comfy) -> str:
+    """Which ComfyUI tree runs: $SPARSEFLOW_E2E_TREE (bench/run_e2e_gpu.sh sets it), else "newest-overlay" when the
+    Wan forward passes AttentionTensorContainers (../shared/comfyui/newest-overlay), else ComfyUI's version."""
+    named = os.environ.get("SPARSEFLOW_E2E_TREE")
+    if named:
+        return named
+    return "newest-overlay" if hasattr(comfy.attention, "AttentionTensorContainer") else comfy.version

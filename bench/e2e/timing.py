@@ -23,8 +23,14 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["Breakdown", "StepTimer"]
+__all__ = ["Breakdown", "StepTimer", "sync"]
 
+
+
+def sync(cuda: bool) -> None:
+    """Wait for the GPU when timing on CUDA (no-op on the CPU)."""
+    if cuda:
+        torch.cuda.synchronize()
 
 class StepTimer:
     """Events at sampling start and after every step; `step_seconds()` after a synchronize."""
