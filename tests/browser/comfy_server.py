@@ -43,6 +43,7 @@ log = logging.getLogger("sparseflow.tests.comfy_server")
 TEST_SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.ErrorSystem.ShowMissingModels": False,  # 1.55+: else it sends HEAD requests to the models' URLs
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Validation.Workflows": True,
     "Comfy.Notification.ShowVersionUpdates": False,
