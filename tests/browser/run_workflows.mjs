@@ -200,7 +200,7 @@ async function testRealRun(page, phase, errors) {
     window.__sfExecuted = null;
     window.comfyAPI.api.api.addEventListener("executed", (e) => { if (String(e.detail.node) === String(r.id)) window.__sfExecuted = e.detail; });
     await app.queuePrompt(0, 1);
-    return r.id;
+    return String(r.id);
   }, layers);
   try {
     await page.waitForFunction(() => window.__sfExecuted !== null, null, { timeout: 30_000 });
