@@ -53,10 +53,10 @@ export async function openComfy(browser, url, { width = 1920, height = 1080 } = 
   const gap = (e) => SERVER_GAPS.some((re) => re.test(`${e.text} ${e.url}`)) || FRONTEND_NOISE.some((re) => re.test(e.text)) ||
     probes.has(e.url);
   const record = (e) => (gap(e) ? gaps : errors).push(e);
-  const probes = new Set(); // model files the frontend checks with HEAD (1.55+), from a workflow's `models` list
+  const probes = new Map(); // url -> phase: model files the frontend checks with HEAD (1.55+), from a graph's `models`
   await page.route((u) => u.origin !== origin, (route) => {
     const req = route.request();
-    if (req.method() === "HEAD" && /\.safetensors$/.test(new URL(req.url()).pathname)) probes.add(req.url());
+    if (req.method() === "HEAD" && /\.safetensors$/.test(new URL(req.url()).pathname)) probes.set(req.url(), phase.name);
     else external.push(req.url());
     return route.abort();
   });

@@ -258,7 +258,7 @@ try {
   Object.assign(results.extra, await testSubgraphs(page, phase, errors, { out, wfDir }));
   results.startup_errors = errors.filter((e) => e.phase === "startup");
   results.server_gaps = [...new Set(gaps.map((e) => e.text.split("\n")[0]))];
-  results.model_probes = [...probes];
+  results.model_probes = [...probes].map(([url, phase]) => ({ url, phase }));
   results.external_requests = [...new Set(external)];
 } catch (e) {
   results.fatal = e.stack ?? String(e);
