@@ -128,10 +128,10 @@ def test_the_extension_is_served_and_listed(browser_results: dict, frontend: str
     assert "/extensions/SparseFlow/js/routing_grid.js" in ours and ours <= listed, ours - listed
 
 
-def test_grid_math_unit_tests_pass_under_node():
+def test_grid_math_and_graph_unit_tests_pass_under_node():
     if shutil.which("node") is None:
-        pytest.skip("node (Node.js >= 20) not found: cannot run tests/browser/routing_math.test.mjs")
-    proc = subprocess.run(["node", "--test", str(BROWSER / "routing_math.test.mjs")], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+        pytest.skip("node (Node.js >= 20) not found: cannot run tests/browser/*.test.mjs")
+    files = [str(BROWSER / "routing_math.test.mjs"), str(BROWSER / "grid_graph.test.mjs")]
+    proc = subprocess.run(["node", "--test", *files], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout and "# pass 4" in proc.stdout, proc.stdout[-1000:]
+    assert "# fail 0" in proc.stdout and "# pass 7" in proc.stdout, proc.stdout[-1000:]
