@@ -259,6 +259,8 @@ try {
   results.startup_errors = errors.filter((e) => e.phase === "startup");
   results.server_gaps = [...new Set(gaps.map((e) => e.text.split("\n")[0]))];
   results.model_probes = [...probes].map(([url, phase]) => ({ url, phase }));
+  results.default_graph_models = await page.evaluate(() => (window.comfyAPI.defaultGraph?.defaultGraph?.nodes ?? [])
+    .flatMap((n) => n.properties?.models ?? []).map((m) => m.url)); // the frontend's start-up graph probes these
   results.external_requests = [...new Set(external)];
 } catch (e) {
   results.fatal = e.stack ?? String(e);
