@@ -1,6 +1,6 @@
 """Render a routing map as a PNG (layers x heads grid coloured by route), with no imaging dependency.
 
-The colours match the web widget (web/js/routing_grid.js): dense grey, sparse blue, linear orange.
+The colours match the web widget (web/js/routing_math.js): dense grey, sparse blue, linear orange.
 """
 
 from __future__ import annotations

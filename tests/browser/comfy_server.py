@@ -3,13 +3,14 @@
 The server runs from the ComfyUI tree tests/comfy_env.py finds, with its own throw-away ``--base-directory``:
 ``custom_nodes/SparseFlow`` is a symlink to this repository, models/input/output/user are temp folders (input holds
 the ``example.png`` the i2v workflow's LoadImage names) and the database is in memory, so nothing is written into
-the ComfyUI tree. The frontend is whatever ``comfyui-frontend-package`` is installed, i.e. the version ComfyUI
-pins in its requirements.txt.
+the ComfyUI tree. The frontend is one of tests/browser/frontends.py: ``pinned`` (the installed
+``comfyui-frontend-package``, the version ComfyUI pins in its requirements.txt) or ``newest`` (served with
+``--front-end-root`` from the cache tests/browser/setup.sh fills).
 
-One server per pytest process: ``shared_server()`` starts it on first use and stops it at exit, so
-tests/test_workflows.py and tests/test_browser.py share it. ``ComfyServer`` can also be used directly as a
-context manager (``with ComfyServer() as s: s.url``). ``$SPARSEFLOW_PACK_DIR`` points the server at another
-pack folder (used while developing the widget against a stub of the nodes).
+One server per frontend and pytest process: ``shared_server(frontend)`` starts it on first use and stops it at
+exit, so tests/test_workflows.py and tests/test_browser.py share the pinned one. ``ComfyServer`` can also be used
+directly as a context manager (``with ComfyServer() as s: s.url``). ``$SPARSEFLOW_PACK_DIR`` points the server at
+another pack folder (used while developing the widget against a stub of the nodes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from browser import frontends
 from comfy_env import comfy_path, missing_reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ log = logging.getLogger("sparseflow.tests.comfy_server")
 TEST_SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.ErrorSystem.ShowMissingModels": False,  # 1.55+: else it sends HEAD requests to the models' URLs
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Validation.Workflows": True,
     "Comfy.Notification.ShowVersionUpdates": False,
@@ -79,11 +82,16 @@ def get_json(url: str, timeout: float = 10.0):
 class ComfyServer:
     """A ComfyUI subprocess with this pack in a temp base directory; ``url`` once started."""
 
-    def __init__(self, pack_dir: str | os.PathLike | None = None, port: int | None = None):
+    def __init__(self, pack_dir: str | os.PathLike | None = None, port: int | None = None, frontend: str = "pinned"):
         root = comfy_path()
         if root is None:
             raise RuntimeError(missing_reason())
+        reason = frontends.missing(frontend)
+        if reason is not None:
+            raise RuntimeError(reason)
         self.comfy_root = root
+        self.frontend = frontend
+        self.front_end_root = frontends.front_end_root(frontend)
         self.pack_dir = Path(pack_dir or os.environ.get("SPARSEFLOW_PACK_DIR") or REPO).resolve()
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -112,6 +120,8 @@ class ComfyServer:
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch", "--disable-api-nodes"]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)  # the repo's own nodes/ must not shadow ComfyUI's nodes.py
         with open(self.log_path, "wb") as out:
@@ -158,21 +168,21 @@ class ComfyServer:
         self.stop()
 
 
-_shared: ComfyServer | None = None
-_shared_error: str | None = None
+_shared: dict[str, ComfyServer] = {}
+_shared_error: dict[str, str] = {}
 
 
-def shared_server() -> ComfyServer:
-    """The process-wide server, started on first call and stopped at interpreter exit; raises on failure."""
-    global _shared, _shared_error
-    if _shared_error is not None:
-        raise RuntimeError(_shared_error)
-    if _shared is None:
+def shared_server(frontend: str = "pinned") -> ComfyServer:
+    """The process-wide server for a frontend, started on first call and stopped at interpreter exit; raises on
+    failure (and again on every later call, without retrying)."""
+    if frontend in _shared_error:
+        raise RuntimeError(_shared_error[frontend])
+    if frontend not in _shared:
         try:
-            server = ComfyServer().start()
+            server = ComfyServer(frontend=frontend).start()
         except RuntimeError as e:
-            _shared_error = str(e)
+            _shared_error[frontend] = str(e)
             raise
         atexit.register(server.stop)
-        _shared = server
-    return _shared
+        _shared[frontend] = server
+    return _shared[frontend]

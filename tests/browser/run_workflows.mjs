@@ -16,130 +16,18 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 
 import { argValue, fitView, launch, openComfy } from "./lib.mjs";
+import {
+  Checks, ROUTE_COLORS, cellPixel, clickCell, focusNode, grids, installProbe, loadJson, nextRoute, savedState, shadeOf,
+  uiProblems,
+} from "./probe.mjs";
+import { testSubgraphs } from "./subgraph_checks.mjs";
 
 const url = argValue("url", "http://127.0.0.1:8188");
 const wfDir = argValue("workflows", "workflows");
 const out = argValue("out", "tests/artifacts/browser");
 mkdirSync(out, { recursive: true });
 
-const ROUTE_COLORS = [[150, 150, 150], [52, 120, 246], [245, 145, 40]];
 const results = { url, startup_errors: [], external_requests: [], workflows: {}, extra: {} };
-
-class Checks {
-  constructor() { this.list = []; }
-  add(name, ok, detail = "") { this.list.push({ name, ok: Boolean(ok), detail: String(detail).slice(0, 2000) }); return ok; }
-  get ok() { return this.list.every((c) => c.ok); }
-}
-
-// --- page-side helpers (run inside the browser through page.evaluate) -----------------------------------
-
-/** Test probe: remembers the missing node types of each graph load (afterConfigureGraph). */
-async function installProbe(page) {
-  await page.evaluate(() => {
-    const app = window.comfyAPI.app.app;
-    window.__sfMissing = null;
-    app.registerExtension({
-      name: "SparseFlow.TestProbe",
-      afterConfigureGraph(missing) { window.__sfMissing = [...(missing ?? [])].map((m) => (typeof m === "string" ? m : m.type)); },
-    });
-  });
-}
-
-async function loadJson(page, name, json) {
-  await page.evaluate(async ({ name, json }) => {
-    const app = window.comfyAPI.app.app;
-    window.__sfMissing = null;
-    await app.handleFile(new File([json], `${name}.json`, { type: "application/json" }));
-  }, { name, json });
-  await page.waitForFunction(() => window.__sfMissing !== null, null, { timeout: 20_000 });
-  await page.waitForTimeout(500);
-}
-
-/** What each SparseFlow grid shows now. */
-async function grids(page) {
-  return page.evaluate(() => {
-    const app = window.comfyAPI.app.app;
-    return app.graph.nodes.filter((n) => n.sparseflowGrid).map((n) => {
-      const g = n.sparseflowGrid;
-      const w = n.widgets.find((x) => x.name === "routing_overrides");
-      return {
-        id: n.id, type: n.comfyClass, title: n.title, overrides: w?.value,
-        hidden: Boolean(w?.hidden), drawn: Boolean(g.view),
-        layers: g.view?.routes.length ?? 0, heads: g.view?.routes[0]?.length ?? 0,
-        routes: g.view?.routes ?? null, base: g.view?.base ?? null,
-        legend: g.legend.textContent, status: g.status.textContent, report: g.reportText.textContent,
-      };
-    });
-  });
-}
-
-/** RGB of a cell's centre read back from the grid canvas (device pixels). */
-async function cellPixel(page, id, layer, head) {
-  return page.evaluate(({ id, layer, head }) => {
-    const g = window.comfyAPI.app.app.graph.getNodeById(id).sparseflowGrid;
-    const { layout } = g.view;
-    const dpr = g.view.dpr;
-    const x = Math.floor((layout.left + (head + 0.5) * layout.cw) * dpr), y = Math.floor((layout.top + (layer + 0.5) * layout.ch) * dpr);
-    return [...g.canvas.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3)];
-  }, { id, layer, head });
-}
-
-/** Put a node at the top left at zoom 1, so its cells are big enough to click. */
-async function focusNode(page, id) {
-  await page.evaluate((id) => {
-    const app = window.comfyAPI.app.app;
-    const n = app.graph.getNodeById(id);
-    app.canvas.ds.scale = 1;
-    app.canvas.ds.offset[0] = 80 - n.pos[0];
-    app.canvas.ds.offset[1] = 130 - n.pos[1];
-    app.canvas.setDirty(true, true);
-  }, id);
-  await page.waitForTimeout(400);
-}
-
-async function clickCell(page, id, layer, head) {
-  const p = await page.evaluate(({ id, layer, head }) =>
-    window.comfyAPI.app.app.graph.getNodeById(id).sparseflowGrid.cellCenter(layer, head), { id, layer, head });
-  await page.mouse.move(p.x, p.y);
-  await page.mouse.down();
-  await page.mouse.up();
-  await page.waitForTimeout(250);
-}
-
-async function savedState(page, id) {
-  return page.evaluate(async (id) => {
-    const app = window.comfyAPI.app.app;
-    const graph = app.graph.serialize();
-    const node = graph.nodes.find((n) => n.id === id);
-    const live = app.graph.getNodeById(id);
-    const names = live.widgets.filter((w) => w.serialize !== false).map((w) => w.name);
-    const prompt = await app.graphToPrompt();
-    return {
-      json: JSON.stringify(graph),
-      widgetValue: node.widgets_values[names.indexOf("routing_overrides")],
-      gridInWidgets: names.includes("sparseflow_routing_grid"),
-      promptValue: prompt.output[String(id)]?.inputs?.routing_overrides,
-      promptKeys: Object.keys(prompt.output[String(id)]?.inputs ?? {}),
-    };
-  }, id);
-}
-
-/** px is `color` darkened by one common factor in [0, 0.6] (the calibration-error shade), within rounding. */
-const shadeOf = (px, color) => {
-  if (!px || !color) return false;
-  const f = px.map((v, i) => v / color[i]);
-  return Math.max(...f) - Math.min(...f) < 0.04 && Math.min(...f) > 0.38 && Math.max(...f) < 1.02;
-};
-const nextRoute = (r) => (r + 1) % 3;
-
-async function uiProblems(page) {
-  return page.evaluate(() => {
-    const visible = (el) => el.offsetParent !== null || el.getClientRects().length > 0;
-    const dialogs = [...document.querySelectorAll(".p-dialog")].filter(visible).map((d) => d.textContent.slice(0, 300));
-    const toasts = [...document.querySelectorAll(".p-toast-message-error")].filter(visible).map((t) => t.textContent.slice(0, 300));
-    return { missing: window.__sfMissing, dialogs, toasts };
-  });
-}
 
 // --- one workflow -----------------------------------------------------------------------------------
 
@@ -270,7 +158,7 @@ async function testReport(page, phase, errors) {
   { id, text });
   await page.waitForTimeout(400);
   const shown = await page.evaluate((id) => {
-    const g = window.comfyAPI.app.app.graph.getNodeById(id).sparseflowGrid;
+    const g = window.__sfNode(id).sparseflowGrid;
     const ctx = g.bars.getContext("2d");
     const d = ctx.getImageData(0, 0, g.bars.width, g.bars.height).data;
     let blue = 0, grey = 0;
@@ -312,7 +200,7 @@ async function testRealRun(page, phase, errors) {
     window.__sfExecuted = null;
     window.comfyAPI.api.api.addEventListener("executed", (e) => { if (String(e.detail.node) === String(r.id)) window.__sfExecuted = e.detail; });
     await app.queuePrompt(0, 1);
-    return r.id;
+    return String(r.id);
   }, layers);
   try {
     await page.waitForFunction(() => window.__sfExecuted !== null, null, { timeout: 30_000 });
@@ -345,7 +233,7 @@ const files = readdirSync(wfDir).filter((f) => f.endsWith(".json")).sort().map((
 const browser = await launch();
 const t0 = Date.now();
 try {
-  const { page, errors, external, phase } = await openComfy(browser, url);
+  const { page, errors, external, gaps, probes, phase } = await openComfy(browser, url);
   await installProbe(page);
   for (const file of files) {
     const name = basename(file, ".json");
@@ -367,7 +255,12 @@ try {
   } catch (e) {
     results.extra.real_run = { ok: false, checks: [{ name: "driver", ok: false, detail: e.stack ?? String(e) }] };
   }
+  Object.assign(results.extra, await testSubgraphs(page, phase, errors, { out, wfDir }));
   results.startup_errors = errors.filter((e) => e.phase === "startup");
+  results.server_gaps = [...new Set(gaps.map((e) => e.text.split("\n")[0]))];
+  results.model_probes = [...probes].map(([url, phase]) => ({ url, phase }));
+  results.default_graph_models = await page.evaluate(() => (window.comfyAPI.defaultGraph?.defaultGraph?.nodes ?? [])
+    .flatMap((n) => n.properties?.models ?? []).map((m) => m.url)); // the frontend's start-up graph probes these
   results.external_requests = [...new Set(external)];
 } catch (e) {
   results.fatal = e.stack ?? String(e);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the browser tests need, once: Debian's chromium (no browser download: playwright-core drives the
-# system one), playwright-core from npm into tests/browser/node_modules (git-ignored).
+# system one), playwright-core from npm into tests/browser/node_modules (git-ignored), and the newest ComfyUI
+# frontend (comfyui-frontend-package, version in tests/browser/frontends.py) from PyPI into
+# ~/.cache/sparseflow/frontend/ (never into the repository).
 # Idempotent and quick when everything is there. Exits non-zero with the reason when a step
 # fails (network, no apt/npm); dev.sh then reports that the browser tests will be skipped.
 set -uo pipefail
@@ -31,4 +33,6 @@ if [ "$have" != "$want" ]; then
     || fail "npm ci failed (see /tmp/sparseflow_npm.log)"
 fi
 
-echo "tests/browser/setup.sh: chromium $(${CHROMIUM:-/usr/bin/chromium} --version 2>/dev/null | awk '{print $2}'), playwright-core $want: ready"
+"$PY" frontends.py fetch || fail "could not install the newest ComfyUI frontend (see above)"
+
+echo "tests/browser/setup.sh: chromium $(${CHROMIUM:-/usr/bin/chromium} --version 2>/dev/null | awk '{print $2}'), playwright-core $want, frontend $("$PY" -c 'from frontends import NEWEST_VERSION; print(NEWEST_VERSION)'): ready"
