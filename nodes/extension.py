@@ -9,6 +9,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .calibrate import SparseFlowCalibrate
+from .calibrate_target import SparseFlowCalibrateToTarget
 from .patch import SparseFlowPatch
 from .routing import SparseFlowRouting, SparseFlowSaveRouting, register_folder
 from .schedule import SparseFlowSchedule
@@ -16,7 +17,7 @@ from .schedule import SparseFlowSchedule
 __all__ = ["NODES", "SparseFlowExtension"]
 
 NODES: list[type[io.ComfyNode]] = [SparseFlowPatch, SparseFlowSchedule, SparseFlowRouting, SparseFlowCalibrate,
-                                   SparseFlowSaveRouting]
+                                   SparseFlowCalibrateToTarget, SparseFlowSaveRouting]
 
 register_folder()
 

@@ -124,7 +124,7 @@ def test_extension_lists_the_five_nodes_and_registers_the_safetensors_only_folde
     nodes = asyncio.run(pack.extension.SparseFlowExtension().get_node_list())
     ids = [n.GET_SCHEMA().node_id for n in nodes]
     assert ids == ["SparseFlowPatch", "SparseFlowSchedule", "SparseFlowRouting", "SparseFlowCalibrate",
-                   "SparseFlowSaveRouting"]
+                   "SparseFlowCalibrateToTarget", "SparseFlowSaveRouting"]
     paths, exts = folder_paths.folder_names_and_paths["sparseflow"]
     assert exts == {".safetensors"}
     assert paths[0] == str(Path(folder_paths.models_dir) / "sparseflow")
