@@ -8,6 +8,7 @@ import torch
 from comfy_env import comfy_path, requires_comfy  # noqa: I001 - tests/ is on sys.path
 from comfyui_sparseflow.sparseflow.geometry import Geometry
 from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE
+from comfyui_sparseflow.sparseflow.quality import psnr, ssim, temporal
 from comfyui_sparseflow.sparseflow.reference import reference_attention
 from comfyui_sparseflow.sparseflow.routing import routing_preset
 from comfyui_sparseflow.sparseflow.schedule import Keyframe, Schedule, StepParams
@@ -15,7 +16,6 @@ from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
 
 from bench.fidelity.calib import calibrate_captures, calibrated_map
 from bench.fidelity.hooks import CaptureOverride, SparseFlowOverride, plan_for, sigma_at_percent
-from comfyui_sparseflow.sparseflow.quality import psnr, ssim, temporal
 
 if comfy_path() is not None:  # the fidelity model and the test fixture must import the same ComfyUI
     os.environ.setdefault("COMFYUI_PATH", str(comfy_path()))

@@ -6,8 +6,16 @@ import math
 
 import pytest
 import torch
-from comfyui_sparseflow.sparseflow.quality import (finite_mean, frame_psnr, frame_ssim, frames_to_video,
-                                                   nonfinite_frames, psnr, relative_error, ssim)
+from comfyui_sparseflow.sparseflow.quality import (
+    finite_mean,
+    frame_psnr,
+    frame_ssim,
+    frames_to_video,
+    nonfinite_frames,
+    psnr,
+    relative_error,
+    ssim,
+)
 
 
 def _videos(seed=0, shape=(2, 3, 4, 9, 10)):
