@@ -235,7 +235,9 @@ def main() -> None:  # noqa: C901 - one linear script of stages
 
     # -- quality of every setting, same noise and classes as the dense baseline
     t0 = time.perf_counter()
-    settings = _settings() + _target_settings(found)
+    settings = _settings()
+    after = max(i for i, s in enumerate(settings) if s.family == "calibrated") + 1
+    settings[after:after] = _target_settings(found)
     sol_reason = _sol_reason()
     strip = {"dense": latent_to_rgb(cfg, ref[:1])[0].cpu()}
     for s in settings:
