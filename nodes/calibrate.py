@@ -9,6 +9,7 @@ error budget is kept per head.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from comfy_api.latest import io
@@ -18,11 +19,12 @@ from ..sparseflow.plan import BLOCKS
 from ..sparseflow.routing import RoutingMap, routing_to_json
 from .context import BLOCK_KEY, geometry_for, sigma_lists, step_index
 from .hook import make_block_patch
-from .patch import wan_info
+from .patch import WanInfo, wan_info
 from .report import log_once
 from .types import RoutingType, advanced, schema
+from .unpatch import dense_clone
 
-__all__ = ["SparseFlowCalibrate", "calibrate_model", "measured_steps"]
+__all__ = ["DenseCalibration", "SparseFlowCalibrate", "calibrate_model", "dense_calibration", "measured_steps"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -100,30 +102,47 @@ class _Capture:
             self.pbar.update(1)
 
 
-def calibrate_model(model, positive, negative, latent: dict, *, steps: int = 4, cfg: float = 5.0, seed: int = 0,
-                    sampler_name: str = "euler", scheduler: str = "simple", budget: float = 0.1,
-                    measure: int = 2, block: int = 128, anchors: tuple[int, ...] = (0,),
-                    linear_kind: str = "pooled", node_id: str | None = None) -> tuple[RoutingMap, str]:
-    """Sample densely with ComfyUI (`comfy.sample.sample`), measure every head, choose routes within `budget`."""
+@dataclass(frozen=True)
+class DenseCalibration:
+    """One dense sampling run with every head measured: the error table, the dense latent it sampled, and how."""
+
+    info: WanInfo
+    table: ErrorTable
+    latent: torch.Tensor
+    notes: str
+
+    def routing(self, budget: float) -> tuple[RoutingMap, str]:
+        """The routing map (and its readable report) that keeps, per head, the cheapest route within `budget`."""
+        info, table = self.info, self.table
+        errors = torch.stack([table.rms(la) for la in range(info.layers)])
+        result = choose_routes(errors, table.costs, table.candidates, budget)
+        notes = f"{self.notes}, error budget {budget}"
+        rmap = RoutingMap(result.routes(), result.windows(), result.topks(), result.error.float(), info.family,
+                          f"calibrate:{info.model_type}", notes)
+        return rmap, result.report() + "\n" + notes
+
+
+def dense_calibration(model, positive, negative, latent: dict, *, steps: int = 4, cfg: float = 5.0, seed: int = 0,
+                      sampler_name: str = "euler", scheduler: str = "simple", measure: int = 2, block: int = 128,
+                      anchors: tuple[int, ...] = (0,), linear_kind: str = "pooled", pbar=None, callback=None,
+                      who: str = "SparseFlow Calibrate") -> DenseCalibration:
+    """Sample densely with ComfyUI (`comfy.sample.sample`) on a clean clone (a SparseFlow patch taken off) and
+    measure every head at `measure` evenly spread steps; `pbar.update(1)` per measured layer, `callback` per step."""
     import comfy.patcher_extension as pe
     import comfy.sample
-    import comfy.utils
 
     info = wan_info(model)
     if block not in BLOCKS:
-        raise ValueError(f"SparseFlow Calibrate: block must be one of {BLOCKS}; got {block!r}")
-    if not budget >= 0:
-        raise ValueError(f"SparseFlow Calibrate: error budget must be >= 0; got {budget!r}")
+        raise ValueError(f"{who}: block must be one of {BLOCKS}; got {block!r}")
     at = measured_steps(steps, measure)
-    pbar = comfy.utils.ProgressBar(len(at) * info.layers, node_id=node_id)
     cap = _Capture(info.layers, info.heads, at, block, anchors, linear_kind, pbar)
 
-    m = model.clone()
+    m = dense_clone(model, who)
     to = m.model_options.setdefault("transformer_options", {})
     previous = to.get("optimized_attention_override")
     if previous is not None:
-        log.warning("SparseFlow Calibrate: the model already has an attention override (%s); calibration measures "
-                    "against ComfyUI's own dense attention instead", getattr(previous, "__qualname__", previous))
+        log.warning("%s: the model already has an attention override (%s); calibration measures against "
+                    "ComfyUI's own dense attention instead", who, getattr(previous, "__qualname__", previous))
     to["optimized_attention_override"] = cap.override
     for i in range(info.layers):
         m.set_model_patch_replace(make_block_patch(i), "dit", "double_block", i)
@@ -132,20 +151,35 @@ def calibrate_model(model, positive, negative, latent: dict, *, steps: int = 4, 
 
     samples = comfy.sample.fix_empty_latent_channels(m, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
-                        noise_mask=latent.get("noise_mask"), disable_pbar=True, seed=seed)
+    out = comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                              noise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=True, seed=seed)
 
     missing = [la for la in range(info.layers) if la not in cap.table.count]
     if missing:
-        raise RuntimeError(f"SparseFlow Calibrate: no self-attention call was measured for layers {missing}; "
+        raise RuntimeError(f"{who}: no self-attention call was measured for layers {missing}; "
                            "is this a Wan model run through ComfyUI's own sampler?")
-    errors = torch.stack([cap.table.rms(la) for la in range(info.layers)])
-    result = choose_routes(errors, cap.table.costs, cap.table.candidates, budget)
     notes = (f"calibrated on {steps} {sampler_name}/{scheduler} steps at cfg {cfg}, measured at steps "
-             f"{at} ({cap.measured} calls), block {block}, error budget {budget}")
-    rmap = RoutingMap(result.routes(), result.windows(), result.topks(), result.error.float(), info.family,
-                      f"calibrate:{info.model_type}", notes)
-    report = result.report() + "\n" + notes
+             f"{at} ({cap.measured} calls), block {block}")
+    return DenseCalibration(info, cap.table, out, notes)
+
+
+def calibrate_model(model, positive, negative, latent: dict, *, steps: int = 4, cfg: float = 5.0, seed: int = 0,
+                    sampler_name: str = "euler", scheduler: str = "simple", budget: float = 0.1,
+                    measure: int = 2, block: int = 128, anchors: tuple[int, ...] = (0,),
+                    linear_kind: str = "pooled", node_id: str | None = None) -> tuple[RoutingMap, str]:
+    """Sample densely with ComfyUI (`comfy.sample.sample`), measure every head, choose routes within `budget`."""
+    import comfy.utils
+
+    info = wan_info(model)
+    if block not in BLOCKS:
+        raise ValueError(f"SparseFlow Calibrate: block must be one of {BLOCKS}; got {block!r}")
+    if not budget >= 0:
+        raise ValueError(f"SparseFlow Calibrate: error budget must be >= 0; got {budget!r}")
+    pbar = comfy.utils.ProgressBar(len(measured_steps(steps, measure)) * info.layers, node_id=node_id)
+    dense = dense_calibration(model, positive, negative, latent, steps=steps, cfg=cfg, seed=seed,
+                              sampler_name=sampler_name, scheduler=scheduler, measure=measure, block=block,
+                              anchors=anchors, linear_kind=linear_kind, pbar=pbar)
+    rmap, report = dense.routing(budget)
     log.info("SparseFlow Calibrate: %s", report.splitlines()[1] if "\n" in report else report)
     return rmap, report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .calibrate import SparseFlowCalibrate
+from .calibrate_target import SparseFlowCalibrateToTarget
 from .compare import SparseFlowCompare, SparseFlowCompareResults
 from .patch import SparseFlowPatch
 from .routing import SparseFlowRouting, SparseFlowSaveRouting, register_folder
@@ -17,7 +18,8 @@ from .schedule import SparseFlowSchedule
 __all__ = ["NODES", "SparseFlowExtension"]
 
 NODES: list[type[io.ComfyNode]] = [SparseFlowPatch, SparseFlowSchedule, SparseFlowRouting, SparseFlowCalibrate,
-                                   SparseFlowSaveRouting, SparseFlowCompare, SparseFlowCompareResults]
+                                   SparseFlowCalibrateToTarget, SparseFlowSaveRouting, SparseFlowCompare,
+                                   SparseFlowCompareResults]
 
 register_folder()
 

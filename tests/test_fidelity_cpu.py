@@ -172,3 +172,65 @@ def test_the_benchs_extra_schedules_are_the_schedule_nodes_custom_sliders():
     d70 = build("custom", early_window=1, late_window=2, dense_from=0.7)
     assert w2.keyframes == EXTRA_SCHEDULES["quality_w2"].keyframes
     assert d70.keyframes == EXTRA_SCHEDULES["quality_dense70"].keyframes
+
+
+@needs_comfy
+def test_the_quality_target_family_picks_per_target_and_lands_on_the_plot():
+    """bench/fidelity/target.py on a tiny fidelity model: every setting previewed against dense, a tighter target
+    never picks a cheaper setting, the chosen setting's preview PSNR re-computed here, and evaluate.py / report.py
+    carry the family to the table and the plot."""
+    import math
+
+    from comfyui_sparseflow.sparseflow import target_search as ts
+
+    from bench.fidelity import report, target
+    from bench.fidelity.evaluate import Setting, _sparseflow_setup, _target_settings
+    from bench.fidelity.hooks import DenseOverride
+    from bench.fidelity.model import ModelConfig, build_model
+    from bench.fidelity.sampler import held_out_noise, sample
+
+    cfg = ModelConfig(**{**TINY, "frames": 8, "height": 16, "width": 16})  # 512 tokens: 4 blocks of 128
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # Wan's init zeroes the output paths: random weights make attention reach the output
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    g = Geometry(8, 8, 8)
+    maps = {0.0: routing_preset("all_dense", 1, 2), 1.0: routing_preset("all_sparse", 1, 2)}
+    noise, classes = held_out_noise(cfg, 1, 7, "cpu")
+    targets = tuple(ts.QualityTarget("psnr_db", v) for v in (1.0, 60.0, 200.0))
+    found = target.search(model, cfg, maps, g, _ref, noise, classes, steps=2, shift=3.0, targets=targets,
+                          space=ts.SearchSpace((0.5, 1.0), (0.0, 1.0)))
+    assert len(found["trials"]) == 4
+    speed = {(t["sparsity"], t["budget"]): t["est_speedup"] for t in found["trials"]}
+    assert speed[(0.5, 0.0)] == 1.0 and speed[(1.0, 1.0)] > speed[(0.5, 1.0)] > 1.0
+    chosen = [found["choices"][t.describe()] for t in targets]
+    assert [c["est_speedup"] for c in chosen] == sorted((c["est_speedup"] for c in chosen), reverse=True)
+    assert chosen[0]["met"] and (chosen[0]["sparsity"], chosen[0]["budget"]) == (1.0, 1.0)
+    assert chosen[2]["budget"] == 0.0 and chosen[2]["est_speedup"] == 1.0  # only all-dense comes that close
+
+    # the chosen setting re-sampled from scratch, PSNR written out here
+    settings = _target_settings(found)
+    s0 = settings[0]
+    assert s0.family == "target" and s0.name == "sparseflow target >= 1 dB"
+    rmap, sched = _sparseflow_setup(s0, maps, 1, 2)
+    assert rmap is maps[1.0] and sched == target.target_schedule(1.0)
+    ref = sample(model, cfg, noise, classes, DenseOverride(1), steps=2, shift=3.0)
+    x = sample(model, cfg, noise, classes, SparseFlowOverride(g, rmap, sched, _ref), steps=2, shift=3.0)
+    mine = 10 * math.log10(float(ref.max() - ref.min()) ** 2 / float(((x - ref) ** 2).mean()))
+    assert chosen[0]["preview_psnr"] == pytest.approx(mine, abs=1e-3)
+
+    # report.py: the family's table and its own legend entry on the plot
+    res = {"device": "cpu", "torch": torch.__version__, "backend": "reference", "model": {}, "sampling": {},
+           "target_search": found, "settings": []}
+    for s in settings + [Setting("sparseflow heuristic / balanced", "preset", "heuristic", "balanced")]:
+        d = {**s.__dict__, "metrics": {"psnr": 31.0, "psnr_min": 30.0, "ssim": 0.9, "rgb_psnr": 30.0,
+                                       "motion_ratio": 1.0, "diff_rel_err": 0.1, "speedup_tiny": 2.0,
+                                       "speedup_wan13b": 3.0}}
+        res["settings"].append(d)
+    text = report.tables(res)
+    met = "yes" if chosen[2]["met"] else "NO"
+    assert f"| PSNR vs dense >= 200 dB | 0.5 | 0 | {met} |" in text and "sparseflow target >= 60 dB" in text
+    pts = report.points(res, "speedup_wan13b")  # what plot() draws (matplotlib is only on the GPU machine)
+    assert [p[2] for p in pts["target"]] == [s.name for s in settings] and len(pts["preset"]) == 1
+    assert report.FAMILIES["target"][2] == "SparseFlow Calibrate to Target"

@@ -124,7 +124,8 @@ def test_extension_lists_the_seven_nodes_and_registers_the_safetensors_only_fold
     nodes = asyncio.run(pack.extension.SparseFlowExtension().get_node_list())
     ids = [n.GET_SCHEMA().node_id for n in nodes]
     assert ids == ["SparseFlowPatch", "SparseFlowSchedule", "SparseFlowRouting", "SparseFlowCalibrate",
-                   "SparseFlowSaveRouting", "SparseFlowCompare", "SparseFlowCompareResults"]
+                   "SparseFlowCalibrateToTarget", "SparseFlowSaveRouting", "SparseFlowCompare",
+                   "SparseFlowCompareResults"]
     paths, exts = folder_paths.folder_names_and_paths["sparseflow"]
     assert exts == {".safetensors"}
     assert paths[0] == str(Path(folder_paths.models_dir) / "sparseflow")

@@ -20,7 +20,7 @@ def _modules_after_import(stmt: str) -> set[str]:
 def test_sparseflow_core_imports_no_comfyui_module():
     stmt = "; ".join(f"import comfyui_sparseflow.sparseflow.{m}" for m in (
         "cli", "calibrate", "masks", "reference", "telemetry", "render", "synthetic", "schedule", "routing",
-        "compare"))
+        "compare", "target_search"))
     assert _modules_after_import(stmt) == set()
 
 

@@ -28,7 +28,7 @@ pytestmark = requires_comfy
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_IDS = ["SparseFlowPatch", "SparseFlowSchedule", "SparseFlowRouting", "SparseFlowCalibrate",
-            "SparseFlowSaveRouting"]
+            "SparseFlowCalibrateToTarget", "SparseFlowSaveRouting"]
 START_TIMEOUT = 90
 RUN_TIMEOUT = 120
 

@@ -25,6 +25,7 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 EXPECTED = {
     "wan2.1_t2v_1.3B_sparseflow", "wan2.1_i2v_14B_sparseflow", "wan2.2_ti2v_5B_sparseflow",
     "wan2.2_t2v_14B_sparseflow", "wan2.1_t2v_1.3B_calibrate_then_save", "wan2.1_t2v_1.3B_compare",
+    "wan2.1_t2v_1.3B_quality_target",
 }
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -101,7 +102,7 @@ def _check_value(where: str, name: str, entry: list, value, node_type: str) -> N
         assert isinstance(value, str), f"{where}: {value!r} is not a str"
 
 
-def test_workflows_folder_holds_the_five_workflows_each_with_a_screenshot():
+def test_workflows_folder_holds_the_expected_workflows_each_with_a_screenshot():
     assert {p.stem for p in WORKFLOWS} == EXPECTED
     from PIL import Image
 
@@ -182,3 +183,9 @@ def test_workflow_routing_overrides_parse_and_fit_the_model(path: Path):
         assert {"wan2.2_t2v_high_noise_14B_fp16.safetensors", "wan2.2_t2v_low_noise_14B_fp16.safetensors"} <= set(unets)
     if "calibrate" in path.stem:
         assert by_type.get("SparseFlowCalibrate") and by_type.get("SparseFlowSaveRouting")
+    if "quality_target" in path.stem:  # Calibrate to Target feeds Patch's routing and its sparsity widget
+        (search,) = by_type["SparseFlowCalibrateToTarget"]
+        (patch,) = by_type["SparseFlowPatch"]
+        fed = {link[4]: (link[1], link[2]) for link in wf["links"] if link[3] == patch["id"]}
+        names = [i["name"] for i in patch["inputs"]]
+        assert fed[names.index("routing")] == (search["id"], 0) and fed[names.index("sparsity")] == (search["id"], 1)

@@ -3,7 +3,8 @@
     python -m bench.fidelity.evaluate --weights W.safetensors --out results.json [--time-budget 240]
 
 Stages, in order (each logged with its time): dense baseline (+ q/k/v of one step for timing), calibration on
-captured q/k/v of separate calibration seeds (maps at budgets 0.05 / 0.1 / 0.2, linear-kind errors), quality
+captured q/k/v of separate calibration seeds (maps at budgets 0.05 / 0.1 / 0.2, linear-kind errors), the
+quality-target search on the calibration seeds (target.py: the settings Calibrate to Target picks), quality
 of every setting (PSNR / SSIM / temporal vs dense, same noise), attention-op time per setting at the model's
 shape and at the Wan 1.3B shape (CUDA only), and the full-size Wan 1.3B calibration time (CUDA only).
 """
@@ -25,7 +26,7 @@ from comfyui_sparseflow.sparseflow.routing import routing_preset
 from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, Keyframe, Schedule
 from comfyui_sparseflow.sparseflow.synthetic import structured_qkv
 
-from . import calib, timing
+from . import calib, target, timing
 from .data import latent_to_rgb
 from .hooks import FIXED, CaptureOverride, SolAttnOverride, SparseFlowOverride, op_attention, plan_for
 from .model import load_checkpoint
@@ -53,13 +54,14 @@ SOL_SETTINGS = (("tau", 0.5, 0.0, 0.2), ("tau", 1.3, 0.0, 0.2), ("tau", 2.0, 0.0
 @dataclass
 class Setting:
     name: str
-    family: str  # floor | preset | calibrated | sol_attn
+    family: str  # floor | preset | calibrated | target | sol_attn
     routing: str = ""
     schedule: str = ""
     budget: float | None = None
     tau: float | None = None
     topk_ratio: float | None = None
     start_percent: float | None = None
+    sparsity: float | None = None  # target: the Patch sparsity slider the search chose
     metrics: dict = field(default_factory=dict)
 
 
@@ -78,6 +80,22 @@ def _settings() -> list[Setting]:
 
 def _schedule(name: str) -> Schedule:
     return SCHEDULE_PRESETS[name] if name in SCHEDULE_PRESETS else EXTRA_SCHEDULES[name]
+
+
+def _sparseflow_setup(s: Setting, maps: dict, layers: int, heads: int):
+    """(routing map, schedule) of a SparseFlow setting."""
+    if s.family == "calibrated":
+        return maps[s.budget], FIXED
+    if s.family == "target":
+        return maps[s.budget], target.target_schedule(s.sparsity)
+    return routing_preset(s.routing, layers, heads), _schedule(s.schedule)
+
+
+def _target_settings(found: dict) -> list[Setting]:
+    """One setting per quality target, as the search chose it."""
+    return [Setting(f"sparseflow target >= {c['target_db']:g} dB", "target", f"calibrated:{c['budget']:g}",
+                    f"{target.BASE_SCHEDULE}@{c['sparsity']:g}", budget=c["budget"], sparsity=c["sparsity"])
+            for c in found["choices"].values()]
 
 
 def _sol_reason() -> str | None:
@@ -144,6 +162,8 @@ def main() -> None:  # noqa: C901 - one linear script of stages
     p.add_argument("--time-budget", type=float, default=1e9, help="seconds; later settings are skipped past it")
     p.add_argument("--full-calibration-cap", type=float, default=90.0)
     p.add_argument("--samples", default="", help="PNG of the first held-out video, dense and a few settings")
+    p.add_argument("--target-preview-steps", type=int, default=4,
+                   help="steps of each quality-target preview (0: no quality-target family)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t_start = time.perf_counter()
@@ -188,6 +208,8 @@ def main() -> None:  # noqa: C901 - one linear script of stages
     res["calibration"] = {"candidates": [c.name for c in table.candidates], "costs": table.costs.tolist(),
                           "errors_rms": calib.error_tensor(table, layers).tolist(), "captures": len(cap.captures),
                           "steps": sorted(keep), "maps": {}}
+    for b in sorted(set(BUDGETS) | set(target.ts.DEFAULT_BUDGETS)):
+        maps[b] = calib.calibrated_map(table, layers, b)[0]
     for b in BUDGETS:
         rmap, cres = calib.calibrated_map(table, layers, b)
         maps[b] = rmap
@@ -199,9 +221,23 @@ def main() -> None:  # noqa: C901 - one linear script of stages
     del cap
     stage("calibration", t0)
 
+    # -- quality-target search on the calibration seeds: the settings Calibrate to Target would pick
+    found = {"choices": {}}
+    if a.target_preview_steps > 0:
+        t0 = time.perf_counter()
+        found = target.search(model, cfg, maps, geom, attention, cnoise, cclasses, steps=a.target_preview_steps,
+                              shift=a.shift)
+        res["target_search"] = found
+        for name, c in found["choices"].items():
+            log.info("target %s: sparsity %g, budget %g, met %s, preview PSNR %.2f dB, est. %.2fx", name,
+                     c["sparsity"], c["budget"], c["met"], c["preview_psnr"], c["est_speedup"])
+        stage("target_search", t0)
+
     # -- quality of every setting, same noise and classes as the dense baseline
     t0 = time.perf_counter()
     settings = _settings()
+    after = max(i for i, s in enumerate(settings) if s.family == "calibrated") + 1
+    settings[after:after] = _target_settings(found)
     sol_reason = _sol_reason()
     strip = {"dense": latent_to_rgb(cfg, ref[:1])[0].cpu()}
     for s in settings:
@@ -214,8 +250,7 @@ def main() -> None:  # noqa: C901 - one linear script of stages
                 continue
             ov = SolAttnOverride(layers, s.tau, s.topk_ratio, a.shift, start_percent=s.start_percent)
         else:
-            rmap = maps[s.budget] if s.family == "calibrated" else routing_preset(s.routing, layers, heads)
-            sched = FIXED if s.family == "calibrated" else _schedule(s.schedule)
+            rmap, sched = _sparseflow_setup(s, maps, layers, heads)
             ov = SparseFlowOverride(geom, rmap, sched, attention)
         t1 = time.perf_counter()
         try:
@@ -289,11 +324,10 @@ def _timings(settings, maps, cap, geom, attention, a, layers, heads, res) -> Non
                 b_ms, bd_ms = timing.sol_run_ms(q, k, v, large.dense_ms, tau=s.tau, topk_ratio=s.topk_ratio,
                                                 sparse_steps=n, steps=a.steps, layers=30)
             else:
-                rmap = maps[s.budget] if s.family == "calibrated" else routing_preset(s.routing, layers, heads)
-                sched = FIXED if s.family == "calibrated" else _schedule(s.schedule)
+                rmap, sched = _sparseflow_setup(s, maps, layers, heads)
                 t_ms, d_ms = timing.sparseflow_run_ms(tiny, geom, rmap, sched, a.steps)
                 # presets: the preset itself at 30 x 12 (what a Wan 1.3B user gets); calibrated maps: tiled
-                big_map = timing.tile_map(rmap, 30, 12) if s.family == "calibrated" else \
+                big_map = timing.tile_map(rmap, 30, 12) if s.family in ("calibrated", "target") else \
                     routing_preset(s.routing, 30, 12)
                 b_ms, bd_ms = timing.sparseflow_run_ms(large, big, big_map, sched, a.steps)
                 plans = [plan_for(big, big_map, layer, sched.at(i / max(1, a.steps - 1)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["plot", "tables"]
+__all__ = ["FAMILIES", "plot", "points", "tables"]
 
 
 def _f(x, fmt: str = ".2f") -> str:
@@ -59,6 +59,15 @@ def tables(res: dict) -> str:
             out += ["", f"Calibrated map, budget {b}:", "```", mp["report"], "```"]
         out.append(f"calibration of the model's map: {res.get('calibration_seconds_tiny', 0):.1f} s over "
                    f"{cal['captures']} captured calls")
+    found = res.get("target_search")
+    if found:
+        out += ["", f"Quality-target search ({found['preview_steps']}-step previews on the calibration seeds; "
+                "speed-up = the plans' pair cost, an estimate):", "",
+                "| target | sparsity | budget | met | preview PSNR dB | est. attention speed-up |",
+                "|---|---|---|---|---|---|"]
+        for name, c in found["choices"].items():
+            out.append(f"| {name} | {c['sparsity']:g} | {c['budget']:g} | {'yes' if c['met'] else 'NO'} | "
+                       f"{_f(c['preview_psnr'])} | {_f(c['est_speedup'])}x |")
     lk = res.get("linear_kinds")
     if lk:
         import torch
@@ -78,6 +87,21 @@ def tables(res: dict) -> str:
     return "\n".join(out)
 
 
+# family -> (marker, colour, legend label), in drawing order
+FAMILIES = {"preset": ("o", "tab:blue", "SparseFlow presets"),
+            "calibrated": ("s", "tab:green", "SparseFlow calibrated maps"),
+            "target": ("D", "tab:purple", "SparseFlow Calibrate to Target"),
+            "sol_attn": ("^", "tab:red", "core sol_attn"),
+            "floor": ("x", "gray", "SparseFlow all-dense (floor)")}
+
+
+def points(res: dict, key: str) -> dict[str, list[tuple[float, float, str]]]:
+    """family -> [(speed-up `key`, PSNR capped at 80 dB, name)] of the settings that have both."""
+    return {fam: [(s["metrics"][key], min(s["metrics"]["psnr"], 80.0), s["name"]) for s in res["settings"]
+                  if s["family"] == fam and key in s["metrics"] and "psnr" in s["metrics"]]
+            for fam in FAMILIES}
+
+
 def plot(res: dict, path: str) -> None:
     import matplotlib
 
@@ -85,17 +109,12 @@ def plot(res: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    style = {"preset": ("o", "tab:blue"), "calibrated": ("s", "tab:green"), "sol_attn": ("^", "tab:red"),
-             "floor": ("x", "gray")}
     for ax, key, title in ((axes[0], "speedup_wan13b", "attention speed-up at the Wan 2.1 1.3B shape (L=32760)"),
                            (axes[1], "speedup_tiny", "attention speed-up at the fidelity model's shape")):
-        for fam, (marker, color) in style.items():
-            pts = [(s["metrics"][key], min(s["metrics"]["psnr"], 80.0), s["name"]) for s in res["settings"]
-                   if s["family"] == fam and key in s["metrics"]]
+        for fam, pts in points(res, key).items():
             if not pts:
                 continue
-            label = {"preset": "SparseFlow presets", "calibrated": "SparseFlow calibrated maps",
-                     "sol_attn": "core sol_attn", "floor": "SparseFlow all-dense (floor)"}[fam]
+            marker, color, label = FAMILIES[fam]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
             for x, y, name in pts:
                 short = name.replace("sparseflow ", "").replace("sol_attn ", "")

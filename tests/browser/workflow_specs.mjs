@@ -214,4 +214,33 @@ export const SPECS = [
       ],
     };
   })(),
+  (() => {
+    const unet = model(HF21, "diffusion_models", "wan2.1_t2v_1.3B_fp16.safetensors");
+    const dec = decode(2260, 40, 30, 16);
+    return {
+      name: "wan2.1_t2v_1.3B_quality_target",
+      nodes: [
+        { id: 1, type: "UNETLoader", pos: [20, 40], widgets: { unet_name: unet.name, weight_dtype: "default" }, models: [unet] },
+        ...textAndVae(VAE21),
+        { id: 13, type: "ModelSamplingSD3", pos: [20, 480], widgets: { shift: 8 } },
+        { id: 20, type: "EmptyHunyuanLatentVideo", pos: [380, 470], widgets: { width: 832, height: 480, length: 81, batch_size: 1 } },
+        { id: 19, type: "SparseFlowCalibrateToTarget", pos: [840, 40], size: [360, 0],
+          widgets: { metric: "psnr_db", target: 30, preview_steps: 4, cfg: 6, seed: 42, control_after_generate: "fixed",
+            sampler_name: "uni_pc", scheduler: "simple" } },
+        { id: 18, type: "PreviewAny", title: "Quality target report", pos: [840, 520], size: [360, 240] },
+        patch(1320, 40),
+        { id: 30, type: "KSampler", pos: [1800, 40], size: [330, 262], widgets: ksampler(30, 6) },
+        ...dec.nodes,
+      ],
+      links: [
+        ...textLinks,
+        [1, "MODEL", 13, "model"], [13, "MODEL", 19, "model"], [4, "CONDITIONING", 19, "positive"],
+        [5, "CONDITIONING", 19, "negative"], [20, "LATENT", 19, "latent"],
+        [19, 0, 12, "routing"], [19, 1, 12, "sparsity"], [19, 2, 18, "source"], [13, "MODEL", 12, "model"],
+        [12, "MODEL", 30, "model"], [4, "CONDITIONING", 30, "positive"], [5, "CONDITIONING", 30, "negative"],
+        [20, "LATENT", 30, "latent_image"],
+        ...dec.links,
+      ],
+    };
+  })(),
 ];
