@@ -28,9 +28,9 @@ from ..sparseflow.compare import (
     report_text,
 )
 from .config import SPARSEFLOW_KEY, PatchConfig
-from .patch import remove_sparseflow
 from .run import last_run
 from .types import schema
+from .unpatch import remove_sparseflow
 
 __all__ = ["PairResult", "SparseFlowCompare", "SparseFlowCompareResults", "compare_results", "sample_pair"]
 

@@ -23,7 +23,7 @@ from .prologue import fused_forward_patches
 from .types import RoutingType, ScheduleType, advanced, schema
 
 __all__ = ["BACKEND_CHOICES", "SUPPORTED", "SparseFlowPatch", "WanInfo", "apply_sparseflow", "check_backend",
-           "remove_sparseflow", "wan_info"]
+           "wan_info"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -155,39 +155,6 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     _set_forward_patches(m, bool(fuse_qk_norm_rope))
     log.info("SparseFlow: patched %s (%s, %dx%d heads), schedule %s, %s, backend %s", info.config_name,
              info.family, info.layers, info.heads, sched.name, summary(rmap), backend)
-    return m
-
-
-def remove_sparseflow(model):
-    """A clone of a SparseFlow-patched `model` with everything `apply_sparseflow` added taken out by its keys and
-    markers: the config, the override (the one below it stays), the block replaces (another node's stay), the
-    wrappers, the callback and the fused forward object patches. Other nodes' patches are kept."""
-    import comfy.patcher_extension as pe
-
-    m = model.clone()
-    to = dict(m.model_options.get("transformer_options", {}))
-    m.model_options["transformer_options"] = to
-    to.pop(SPARSEFLOW_KEY, None)
-    below = unwrap_previous(to.pop(OVERRIDE_KEY, None))
-    if below is not None:
-        to[OVERRIDE_KEY] = below
-    replace = dict(to.get("patches_replace", {}))
-    dit = dict(replace.get("dit", {}))
-    for key, fn in list(dit.items()):
-        while getattr(fn, "_sparseflow", False):
-            fn = fn._sparseflow_previous
-        if fn is None:
-            del dit[key]
-        else:
-            dit[key] = fn
-    if "dit" in replace:
-        replace["dit"] = dit
-        to["patches_replace"] = replace
-    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL):
-        m.remove_wrappers_with_key(kind, SPARSEFLOW_KEY)
-    for call_type in (pe.CallbacksMP.ON_PREPARE_STATE, pe.CallbacksMP.ON_CLEANUP):
-        m.remove_callbacks_with_key(call_type, SPARSEFLOW_KEY)
-    _set_forward_patches(m, False)
     return m
 
 

@@ -28,7 +28,8 @@ def load_pack() -> SimpleNamespace:
     load_pack_package()
     mods = {name: importlib.import_module(f"{PACKAGE}.nodes.{name}")
             for name in ("types", "config", "context", "decide", "run", "override", "hook", "prologue",
-                         "fused_block", "patch", "schedule", "routing", "calibrate", "compare", "extension")}
+                         "fused_block", "patch", "unpatch", "schedule", "routing", "calibrate", "calibrate_target",
+                         "compare", "extension")}
     return SimpleNamespace(**mods)
 
 

@@ -281,7 +281,7 @@ def test_removing_the_patch_keeps_another_nodes_override_and_block_replace(comfy
     base = tiny_models[tw.WAN21_T2V].clone()
     base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = other
     base.set_model_patch_replace(replace, "dit", "double_block", 1)
-    stripped = pack.patch.remove_sparseflow(_patched(pack, base))
+    stripped = pack.unpatch.remove_sparseflow(_patched(pack, base))
     to = stripped.model_options["transformer_options"]
     assert "sparseflow" not in to and to["optimized_attention_override"] is other
     assert to["patches_replace"]["dit"] == {("double_block", 1): replace}
