@@ -37,7 +37,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TIER_ENV = "SPARSEFLOW_LAUNCH_TIER"
 # TIER: the tier's index (a runtime int of the kernel, there only for this key: two devices of different tiers in
 # one process tune apart); the flags are the call kind's constexprs
-AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "TIER", "TMA", "HAS_LUT", "HAS_COMP", "HAS_LINEAR"]
+AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "TIER", "TMA", "HAS_LUT", "HAS_COMP", "HAS_LINEAR",
+                "PRECISION"]
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,8 @@ def _tma_scratch(size: int, alignment: int, stream):
 
 def descriptor_refusal(*ts: torch.Tensor) -> str | None:
     """Why K/V cannot go through tensor descriptors here (None if they can): 16-byte rows and bases."""
-    esize = ts[0].element_size()
-    for t in ts:
-        if t.data_ptr() % 16 or any((s * esize) % 16 for s in t.stride()[:3]):
+    for t in ts:  # int8 k (precision int8-qk) and fp16/bf16 v have different element sizes
+        if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:3]):
             return "a K/V base or row stride is not a multiple of 16 bytes"
     return None
 

@@ -1,7 +1,9 @@
 """The SparseFlow operator in plain PyTorch: the definition every kernel is checked against.
 
-docs/spec.md §5. Chunked over query blocks and gathering only the key blocks each one computes, so it
-runs at Wan-1.3B 480p size on a GPU without an L x L tensor. Computes in fp32 (fp64 for fp64 input).
+docs/spec.md §5 (§8: precision "int8-qk" takes the logits from int8 q and mean-smoothed k, sparseflow/quantize.py;
+the pooled means are of the smoothed k, unquantized). Chunked over query blocks and gathering only the key blocks
+each one computes, so it runs at Wan-1.3B 480p size on a GPU without an L x L tensor. Computes in fp32 (fp64 for
+fp64 input).
 Same signature as the Triton launcher (`kernels/fused.py`); tests and bench import it from here.
 """
 
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 from .geometry import Geometry
 from .inputs import check_qkv, from_bhld, to_bhld
 from .masks import block_means, block_tables, key_block_ranges, topk_lut
-from .plan import DENSE, SPARSE, AttentionPlan
+from .plan import DENSE, INT8_QK, SPARSE, AttentionPlan
+from .quantize import quantize_qk
 
 __all__ = ["SegmentTable", "dense_attention", "reference_attention", "segment_table"]
 
@@ -72,14 +75,15 @@ def _softmax_merge(logits: list[torch.Tensor], values: list[torch.Tensor]) -> to
     return p @ torch.cat(values, dim=-2)
 
 
-def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float) -> torch.Tensor:
+def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float,
+            kp: torch.Tensor) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab = block_tables(g, blk)
     b, h, length, d = q.shape
     dev = q.device
     out = torch.empty_like(q)
     if plan.compensation:
-        km, vm = block_means(k, blk), block_means(v, blk)
+        km, vm = block_means(kp, blk), block_means(v, blk)
         log_n = torch.log(torch.tensor(tab.count, dtype=q.dtype, device=dev))
     arange_blk = torch.arange(blk, device=dev)
     for i in range(tab.n):
@@ -115,7 +119,7 @@ def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None,
     return out
 
 
-def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, kp: torch.Tensor) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab, seg = block_tables(g, blk), segment_table(g, blk)
     b, h, length, d = q.shape
@@ -124,7 +128,7 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
     sid = seg.seg_of_token.to(dev)[vid]
     nseg = len(seg.frame)
     count = seg.count.to(dev, q.dtype)
-    km = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, k[:, :, vid]) / count[:, None]
+    km = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, kp[:, :, vid]) / count[:, None]
     vm = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, v[:, :, vid]) / count[:, None]
     log_n = torch.log(count)
     seg_frame, seg_block = seg.frame.to(dev), seg.block.to(dev)
@@ -154,7 +158,8 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
     return out
 
 
-def _linear_feature(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, qd: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
+    """Spec §5.3 `feature` from q, k; the dense rows of query blocks with extra tokens from (qd, kd)."""
     g, blk = plan.geometry, plan.block
     tab, fsize = block_tables(g, blk), g.tokens_per_frame
     out = torch.empty_like(q)
@@ -170,7 +175,7 @@ def _linear_feature(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
     for i in range(tab.n):
         if tab.has_extra[i]:
             t0, t1 = i * blk, min((i + 1) * blk, g.length)
-            out[:, :, t0:t1] = _dense(q[:, :, t0:t1], k, v, scale)
+            out[:, :, t0:t1] = _dense(qd[:, :, t0:t1], kd, v, scale)
     return out
 
 
@@ -178,8 +183,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
                         heads: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
     """SparseFlow attention of one call (spec §5). Layout (B, H, L, D), or (B, L, H*D) with `heads`.
 
-    `lut` is the top-k LUT from `masks.topk_lut`; it is computed here when None and a head needs it.
-    Returns a tensor of q's layout and dtype.
+    `lut` is the top-k LUT from `masks.topk_lut`; it is computed here when None and a head needs it (from the
+    unquantized q, k at every precision). Returns a tensor of q's layout and dtype.
     """
     _, h, _, d = check_qkv(q, k, v, plan, heads, op="reference")
     cdt = torch.promote_types(q.dtype, torch.float32)
@@ -187,18 +192,25 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
     if lut is None:
         lut = topk_lut(qb, kb, plan)
     scale = plan.softmax_scale(d)
+    if plan.precision == INT8_QK:  # logits from the dequantized int8 q and smoothed k; pooled means of smoothed k
+        qz = quantize_qk(qb, kb, plan.block)
+        ql, kl = (t.to(cdt) for t in qz.dequantized())
+        kp = kb - qz.k_mean[:, :, None].to(cdt)
+    else:
+        ql, kl, kp = qb, kb, kb
     out = torch.empty_like(qb)
     for (route, window, topk), hs in plan.groups().items():
         idx = torch.tensor(hs, device=q.device)
-        qs, ks, vs = qb[:, idx], kb[:, idx], vb[:, idx]
+        qs, ks, vs = ql[:, idx], kl[:, idx], vb[:, idx]
         if route == DENSE:
             o = _dense(qs, ks, vs, scale)
         elif route == SPARSE:
-            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale)
+            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale,
+                        kp[:, idx])
         elif plan.linear_kind == "pooled":
-            o = _linear_pooled(qs, ks, vs, plan, scale)
+            o = _linear_pooled(qs, ks, vs, plan, scale, kp[:, idx])
         else:
-            o = _linear_feature(qs, ks, vs, plan, scale)
+            o = _linear_feature(qb[:, idx], kb[:, idx], vs, plan, scale, qs, ks)
         out[:, idx] = o
     return from_bhld(out.to(q.dtype), q)
 
