@@ -80,14 +80,15 @@ def _fused_fwd_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
     if PRECISION == 1:  # int8 q and k (spec §8): the query block's scale joins the softmax scale
-        q = tl.load(q_ptrs, mask=offs_m[:, None] < L, other=0)
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                    mask=offs_m[:, None] < L, other=0)
         qk_scale = qk_scale * tl.load(QS + (b64 * HEADS + h64) * N + i)
         ks_row = KS + (b64 * HEADS + h64) * N
         qp = _pooled_operand(q, Out, UPCAST)
     else:
-        q = _op(tl.load(q_ptrs, mask=offs_m[:, None] < L, other=0.0), UPCAST)
+        q = _op(tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                        mask=offs_m[:, None] < L, other=0.0), UPCAST)
         ks_row = KS
         qp = q
     k_base = K + b64 * stride_kb + h64 * stride_kh
