@@ -22,7 +22,7 @@ from .tiles import _op
 
 __all__ = ["_logits", "_pooled_operand", "quantize_qk"]
 
-_RNE = 12582912.0  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
+_RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
 
 
 @triton.jit

@@ -85,3 +85,9 @@ def int8_device_reason(q: torch.Tensor | None = None) -> str | None:
     tensor-core dot needs compute capability 8.0+ (sm_75 cards have no int8 MMA path in Triton)."""
     if not torch.cuda.is_available():
         return None
+    dev = q.device if q is not None and q.is_cuda else torch.device("cuda", torch.cuda.current_device())
+    major, minor = torch.cuda.get_device_capability(dev)
+    if major < 8:
+        return f"precision 'int8-qk' needs compute capability 8.0+; {torch.cuda.get_device_name(dev)} is " \
+               f"sm_{major}{minor} (use precision 'fp16')"
+    return None

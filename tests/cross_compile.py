@@ -94,6 +94,15 @@ def pooled_mean_launch(span: int) -> Launch:
                   dict(SPAN=span, HEAD_DIM=128), 4, 3)
 
 
+def quantize_launch(block: int) -> Launch:
+    """The int8-qk pre-pass (kernels/quant.py), as `quantize_qk` launches it for head_dim 128."""
+    from comfyui_sparseflow.kernels import quant
+
+    ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
+    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128),
+                  8 if block == 128 else 4, 3)
+
+
 def norm_rope_launch(channels: int) -> Launch:
     """The QK prologue (kernels/norm_rope.py) at model dim `channels`, with the launcher's own tile shape."""
     from comfyui_sparseflow.kernels import norm_rope
@@ -116,8 +125,8 @@ def add_norm_launch(channels: int, has_y: bool, has_gate: bool, norm: bool, affi
     return Launch(residual_norm._add_norm_kernel, ptrs, ("eps",), ("rows", "L"), consts, warps, 3)
 
 
-BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "norm_rope": norm_rope_launch,
-            "add_norm": add_norm_launch}
+BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "quantize": quantize_launch,
+            "norm_rope": norm_rope_launch, "add_norm": add_norm_launch}
 
 
 def shared_memory_job(job: tuple) -> int:
