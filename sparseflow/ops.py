@@ -55,13 +55,6 @@ def _triton_reason(q: torch.Tensor | None = None, plan: AttentionPlan | None = N
         return f"triton: {why}"
     return None
 
-    dev = q.device if q is not None and q.is_cuda else torch.device("cuda", torch.cuda.current_device())
-    major, minor = torch.cuda.get_device_capability(dev)
-    if major < 8:
-        return f"precision 'int8-qk' needs compute capability 8.0+; {torch.cuda.get_device_name(dev)} is " \
-               f"sm_{major}{minor} (use precision 'fp16')"
-    return None
-
 
 def available_backends(q: torch.Tensor | None = None, plan: AttentionPlan | None = None) -> dict[str, str | None]:
     """Each backend name -> None if it can run (for these inputs, when given), else the reason it cannot."""
