@@ -97,6 +97,10 @@ class AttentionPlan:
         return AttentionPlan(self.geometry, tuple(routes), self.window, self.topk, self.anchors, self.compensation,
                              self.linear_kind, self.linear_own_block, self.block, self.scale, self.precision)
 
+    def with_precision(self, precision: str) -> "AttentionPlan":
+        return AttentionPlan(self.geometry, self.routes, self.window, self.topk, self.anchors, self.compensation,
+                             self.linear_kind, self.linear_own_block, self.block, self.scale, precision)
+
 
 def uniform_plan(geometry: Geometry, heads: int, route: int = SPARSE, window: int = 1, topk: int = 0,
                  **kwargs) -> AttentionPlan:

@@ -67,7 +67,7 @@ def test_int8_reference_stays_close_to_the_fp16_reference_on_structured_heads(ki
     q, k, v = structured_qkv(G, (kind, kind), dim=128, seed=2)
     plan = AttentionPlan(G, (route, route), (1, 1), (2, 0), anchors=(0,), compensation=True, block=block)
     fp16 = reference_attention(q, k, v, plan)
-    int8 = reference_attention(q, k, v, AttentionPlan(**{**_fields(plan), "precision": INT8_QK}))
+    int8 = reference_attention(q, k, v, plan.with_precision(INT8_QK))
     err = rel_error(int8, fp16)
     assert 0 < err < 2e-2, f"{kind} {route} block {block}: rel. error {err:.2e}"
 
@@ -77,7 +77,7 @@ def test_feature_linear_heads_use_unquantized_q_and_k_on_video_rows():
     q, k, v = structured_qkv(g, ("smooth",), dim=64, seed=1)
     plan = uniform_plan(g, 1, route=LINEAR, linear_kind="feature", block=64)
     assert torch.equal(reference_attention(q, k, v, plan),
-                       reference_attention(q, k, v, AttentionPlan(**{**_fields(plan), "precision": INT8_QK})))
+                       reference_attention(q, k, v, plan.with_precision(INT8_QK)))
 
 
 def test_precision_is_validated_and_survives_the_plan_code():
@@ -87,7 +87,3 @@ def test_precision_is_validated_and_survives_the_plan_code():
     assert ops.decode_plan(ops.encode_plan(plan)) == plan
     assert plan.with_routes((DENSE, DENSE)).precision == INT8_QK
 
-
-def _fields(plan: AttentionPlan) -> dict:
-    return {f: getattr(plan, f) for f in ("geometry", "routes", "window", "topk", "anchors", "compensation",
-                                          "linear_kind", "linear_own_block", "block", "scale", "precision")}
