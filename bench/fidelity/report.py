@@ -78,6 +78,11 @@ def tables(res: dict) -> str:
     return "\n".join(out)
 
 
+def _group(setting: dict) -> str:
+    """The plot group of a setting: its family, or "int8" for SparseFlow settings at precision int8-qk."""
+    return "int8" if setting.get("precision", "fp16") != "fp16" else setting["family"]
+
+
 def plot(res: dict, path: str) -> None:
     import matplotlib
 
@@ -86,16 +91,17 @@ def plot(res: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     style = {"preset": ("o", "tab:blue"), "calibrated": ("s", "tab:green"), "sol_attn": ("^", "tab:red"),
-             "floor": ("x", "gray")}
+             "floor": ("x", "gray"), "int8": ("D", "tab:purple")}
     for ax, key, title in ((axes[0], "speedup_wan13b", "attention speed-up at the Wan 2.1 1.3B shape (L=32760)"),
                            (axes[1], "speedup_tiny", "attention speed-up at the fidelity model's shape")):
         for fam, (marker, color) in style.items():
             pts = [(s["metrics"][key], min(s["metrics"]["psnr"], 80.0), s["name"]) for s in res["settings"]
-                   if s["family"] == fam and key in s["metrics"]]
+                   if _group(s) == fam and key in s["metrics"]]
             if not pts:
                 continue
             label = {"preset": "SparseFlow presets", "calibrated": "SparseFlow calibrated maps",
-                     "sol_attn": "core sol_attn", "floor": "SparseFlow all-dense (floor)"}[fam]
+                     "sol_attn": "core sol_attn", "floor": "SparseFlow all-dense (floor)",
+                     "int8": "SparseFlow int8-qk"}[fam]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
             for x, y, name in pts:
                 short = name.replace("sparseflow ", "").replace("sol_attn ", "")
