@@ -32,8 +32,9 @@ QMAX = 127.0
 
 
 def k_channel_mean(k: torch.Tensor) -> torch.Tensor:
-    """(B, H, D) fp32 mean of k (B, H, L, D) over the sequence: the smoothing offset."""
-    return k.float().mean(dim=2)
+    """(B, H, D) fp32 mean of k (B, H, L, D) over the sequence: the smoothing offset (accumulated in fp32 without
+    an fp32 copy of k; the reference and the kernel's launcher both call this on the input tensors)."""
+    return k.mean(dim=2, dtype=torch.float32)
 
 
 def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -193,7 +193,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
         lut = topk_lut(qb, kb, plan)
     scale = plan.softmax_scale(d)
     if plan.precision == INT8_QK:  # logits from the dequantized int8 q and smoothed k; pooled means of smoothed k
-        qz = quantize_qk(qb, kb, plan.block)
+        qz = quantize_qk(to_bhld(q, h), to_bhld(k, h), plan.block)  # from the inputs, as the kernel's pre-pass
         ql, kl = (t.to(cdt) for t in qz.dequantized())
         kp = kb - qz.k_mean[:, :, None].to(cdt)
     else:
