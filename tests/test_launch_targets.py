@@ -36,6 +36,12 @@ def _limits(cc: int) -> configs.DeviceLimits:
     return configs.DeviceLimits((cc // 10, cc % 10), TARGET_LIMITS[cc], f"sm_{cc}")
 
 
+def _fused_job(c: configs.LaunchConfig, block: int, tma: bool, precision: str, cc: int) -> tuple[str, tuple, int]:
+    cfg, kind = (c.block_m, c.block_n, c.warps, c.stages), _largest_kind(c)
+    what = f"fused {'/'.join(map(str, cfg))} block {block} lut={kind[0]} {precision}"
+    return what, ("fused", (cfg, block, tma, *kind, "fp16", precision), cc), cc
+
+
 def _jobs() -> list[tuple[str, tuple, tuple]]:
     """(what, job, target) for every launch to check: job = (builder, args, cc)."""
     jobs = []
@@ -44,10 +50,9 @@ def _jobs() -> list[tuple[str, tuple, tuple]]:
         tier = configs.tier_for(limits)
         tma = configs.use_descriptors(limits, tier)
         for block in (64, 128):
-            for c, precision in product(configs.launch_configs(tier, block, has_lut=False), PRECISIONS):
-                cfg, kind = (c.block_m, c.block_n, c.warps, c.stages), _largest_kind(c)
-                what = f"fused {'/'.join(map(str, cfg))} block {block} lut={kind[0]} {precision}"
-                jobs.append((what, ("fused", (cfg, block, tma, *kind, "fp16", precision), cc), cc))
+            for precision in PRECISIONS:
+                for c in configs.launch_configs(tier, block, has_lut=False, int8=precision == "int8-qk"):
+                    jobs.append(_fused_job(c, block, tma, precision, cc))
         for span in (64, 128):
             jobs.append((f"pooled_mean span {span}", ("pooled_mean", (span,), cc), cc))
             jobs.append((f"quantize block {span}", ("quantize", (span,), cc), cc))
@@ -84,10 +89,11 @@ def test_every_kept_launch_fits_the_targets_shared_memory(compiled, cc):
 
 
 @pytest.mark.parametrize("cc", sorted(TARGET_LIMITS), ids=[f"sm_{cc}" for cc in sorted(TARGET_LIMITS)])
-def test_every_target_keeps_a_config_for_each_spec_block_and_call_kind(cc):
+def test_every_target_keeps_a_config_for_each_spec_block_call_kind_and_precision(cc):
     tier = configs.tier_for(_limits(cc))
-    for block, lut in product((64, 128), (False, True)):
-        assert configs.launch_configs(tier, block, lut), f"sm_{cc} ({tier.name}): none for block {block}, lut={lut}"
+    for block, lut, int8 in product((64, 128), (False, True), (False, True)):
+        assert configs.launch_configs(tier, block, lut, int8), \
+            f"sm_{cc} ({tier.name}): none for block {block}, lut={lut}, int8={int8}"
 
 
 def test_tiers_follow_the_devices_shared_memory():
