@@ -14,6 +14,10 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
 3. pooled linear heads attend to the exact extra tokens, the exact tokens of their own frame in their own
    block, and the segment means (frame f, block j) of their frame (logit + log n);
    `feature` linear rows are written by `prepass.feature_linear` and skipped here.
+
+PRECISION 1 (int8-qk, spec §8): q and the mean-smoothed k arrive as int8 with one fp32 scale per spec block
+(`kernels/quant.py`); exact Q·K tiles are int8 x int8 -> int32 dots whose two block scales join the log2 softmax
+scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged.
 """
 
 from __future__ import annotations
