@@ -2,13 +2,15 @@
 # On the GPU machine (the `run` tool, from the repo root, peers carried in .peers/ by bench/prepare_peers.sh):
 # GPU tests of the kernel and the op, then the bench; logs, JSON rows and the markdown table go to $OUT.
 #
-#   bash bench/run_gpu.sh [all|tests|bench|sweep|tiers|profile|prologue]  SHAPES=wan13b_480p,wan14b_720p picks shapes
+#   bash bench/run_gpu.sh [all|tests|bench|sweep|tiers|profile|prologue|int8]  SHAPES=wan13b_480p,wan14b_720p picks shapes
 #   sweep: every launch tier's configs side by side (bench_attention.py --sweep; kernels/configs.py)
 #   tiers: the kernel tests with each smaller tier's configs forced ($SPARSEFLOW_LAUNCH_TIER: what an A100 and an
 #          RTX 30/40/50 card get, on this GPU), then the bench's SparseFlow rows once per tier, and the config sweep
 #          (TIER_PARTS="tests bench sweep" picks parts; TEST_TIERS, TIERS, TIER_SHAPES pick tiers and shapes)
 #   profile: Nsight Compute on one launch per case of bench/profile_kernel.py (CASES=w0_13b,dense_13b,w0_14b)
 #   prologue: the fused QK-norm + RoPE prologue against ComfyUI's code path (bench/bench_prologue.py)
+#   int8: the int8-qk path (spec §8): its GPU tests against the quantized reference, then the bench's SparseFlow rows
+#         at fp16 and int8-qk with the hopper and the 99 KiB consumer configs (TIERS, INT8_SHAPES pick them)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench_out}"
@@ -63,6 +65,15 @@ if [[ "$STAGE" == profile ]]; then
         --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section InstructionStats \
         python3 bench/profile_kernel.py --cases "${CASES:-w0_13b,dense_13b,w0_14b}" --prologue 2>&1 | tee "$OUT/ncu.txt"
+    rc=$(( rc | PIPESTATUS[0] ))
+fi
+if [[ "$STAGE" == int8 ]]; then
+    python3 -m pytest tests/test_kernels_int8.py tests/test_quantize.py -q -s -p no:cacheprovider -o addopts="-rs" \
+        2>&1 | tee "$OUT/tests_int8.log"
+    rc=${PIPESTATUS[0]}
+    python3 bench/bench_attention.py --shapes "${INT8_SHAPES:-wan13b_480p,wan14b_720p}" --providers sdpa_default,sage \
+        --precision fp16,int8-qk --tiers "${TIERS:-hopper,consumer}" --out "$OUT/bench_int8" 2>&1 \
+        | tee "$OUT/bench_int8.log"
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 if [[ "$STAGE" == prologue ]]; then

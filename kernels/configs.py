@@ -37,7 +37,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TIER_ENV = "SPARSEFLOW_LAUNCH_TIER"
 # TIER: the tier's index (a runtime int of the kernel, there only for this key: two devices of different tiers in
 # one process tune apart); the flags are the call kind's constexprs
-AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "TIER", "TMA", "HAS_LUT", "HAS_COMP", "HAS_LINEAR"]
+AUTOTUNE_KEY = ["L", "HEADS", "BATCH", "HEAD_DIM", "BLOCK", "TIER", "TMA", "HAS_LUT", "HAS_COMP", "HAS_LINEAR",
+                "PRECISION"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class LaunchConfig:
     """One launch of the fused kernel: query rows and keys per tile, warps, software-pipeline stages.
 
     `with_lut=False`: not for calls with a top-k LUT (that path's second pipelined loop needs more memory).
+    `with_int8=False`: not for precision int8-qk (spec §8), where it compiles to more than its tier allows.
     """
 
     block_m: int
@@ -52,6 +54,7 @@ class LaunchConfig:
     warps: int
     stages: int
     with_lut: bool = True
+    with_int8: bool = True
 
     def triton(self) -> triton.Config:
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, num_warps=self.warps,
@@ -84,9 +87,10 @@ TIERS = (
     Tier("a100", 166912, (), False,
          (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
-    # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop.
+    # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
+    # kernel: 114688 B on sm_120, triton 3.8)
     Tier("consumer", 101376, (), False,
-         (C(128, 64, 8, 3), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False)),
+         (C(128, 64, 8, 3), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
     # 64 KiB parts (sm_75 T4 and the like)
     Tier("small", 0, (), False,
@@ -135,10 +139,11 @@ def use_descriptors(limits: DeviceLimits, tier: Tier) -> bool:
         and hasattr(triton, "set_allocator")
 
 
-def launch_configs(tier: Tier, block: int, has_lut: bool) -> list[LaunchConfig]:
-    """The tier's configs for a spec block (tiles dividing it) and call kind."""
+def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False) -> list[LaunchConfig]:
+    """The tier's configs for a spec block (tiles dividing it), call kind and precision (int8: int8-qk)."""
     listed = tier.block128 if block == 128 else tier.block64
-    return [c for c in listed if block % c.block_m == 0 and block % c.block_n == 0 and (c.with_lut or not has_lut)]
+    return [c for c in listed if block % c.block_m == 0 and block % c.block_n == 0 and (c.with_lut or not has_lut)
+            and (c.with_int8 or not int8)]
 
 
 def interpret_config() -> dict:
@@ -156,7 +161,7 @@ def keep(configs, named_args, **kwargs) -> list:
     limits = device_limits(args["Q"].device)
     tier = TIERS[args["TIER"]]
     wanted = {(c.block_m, c.block_n, c.warps, c.stages)
-              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]))}
+              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]))}
     fits, needs = [], []
     for c in configs:
         key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
@@ -206,9 +211,8 @@ def _tma_scratch(size: int, alignment: int, stream):
 
 def descriptor_refusal(*ts: torch.Tensor) -> str | None:
     """Why K/V cannot go through tensor descriptors here (None if they can): 16-byte rows and bases."""
-    esize = ts[0].element_size()
-    for t in ts:
-        if t.data_ptr() % 16 or any((s * esize) % 16 for s in t.stride()[:3]):
+    for t in ts:  # int8 k (precision int8-qk) and fp16/bf16 v have different element sizes
+        if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:3]):
             return "a K/V base or row stride is not a multiple of 16 bytes"
     return None
 

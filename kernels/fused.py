@@ -14,6 +14,10 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
 3. pooled linear heads attend to the exact extra tokens, the exact tokens of their own frame in their own
    block, and the segment means (frame f, block j) of their frame (logit + log n);
    `feature` linear rows are written by `prepass.feature_linear` and skipped here.
+
+PRECISION 1 (int8-qk, spec §8): q and the mean-smoothed k arrive as int8 with one fp32 scale per spec block
+(`kernels/quant.py`); exact Q·K tiles are int8 x int8 -> int32 dots whose two block scales join the log2 softmax
+scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..sparseflow.inputs import check_qkv, to_bhld
+from ..sparseflow.inputs import KernelLaunchError, check_qkv, to_bhld
 from ..sparseflow.masks import topk_lut
-from ..sparseflow.plan import LINEAR, SPARSE, AttentionPlan
+from ..sparseflow.plan import INT8_QK, LINEAR, SPARSE, AttentionPlan
+from ..sparseflow.quantize import int8_device_reason
 from . import configs
 from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
+from .quant import _logits, _pooled_operand, quantize_qk
 from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
 from .tiles import _key_tile, _online_update, _op
 
@@ -40,19 +46,20 @@ _LOG2E = 1.4426950408889634
 
 
 def _fused_fwd_kernel(
-    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT,
+    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT, QS, KS,
     ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
     qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS, TIER,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, TMA: tl.constexpr, HAS_LUT: tl.constexpr, HAS_COMP: tl.constexpr,
-    HAS_LINEAR: tl.constexpr,
+    HAS_LINEAR: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """O[b, h, rows of one query tile] = SparseFlow attention (spec §5); see the module docstring."""
     tl.static_assert(BLOCK % BLOCK_M == 0)
     tl.static_assert(BLOCK % BLOCK_N == 0)
     tl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)
+    tl.static_assert(PRECISION == 0 or PRECISION == 1)
     R: tl.constexpr = BLOCK // BLOCK_N
     NEG: tl.constexpr = -1.0e30
 
@@ -77,8 +84,17 @@ def _fused_fwd_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = _op(tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                    mask=offs_m[:, None] < L, other=0.0), UPCAST)
+    if PRECISION == 1:  # int8 q and k (spec §8): the query block's scale joins the softmax scale
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                    mask=offs_m[:, None] < L, other=0)
+        qk_scale = qk_scale * tl.load(QS + (b64 * HEADS + h64) * N + i)
+        ks_row = KS + (b64 * HEADS + h64) * N
+        qp = _pooled_operand(q, Out, UPCAST)
+    else:
+        q = _op(tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                        mask=offs_m[:, None] < L, other=0.0), UPCAST)
+        ks_row = KS
+        qp = q
     k_base = K + b64 * stride_kb + h64 * stride_kh
     v_base = V + b64 * stride_vb + h64 * stride_vh
     if TMA:  # this (batch, head)'s K and V as [L, D] tensors: the copy engine zero-fills rows >= L
@@ -161,12 +177,14 @@ def _fused_fwd_kernel(
             blk = tl.where(c >= 0, s6 + c, blk)
             start_n = blk * BLOCK + (it % R) * BLOCK_N
             acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, L,
-                                      qk_scale, BLOCK_N, HEAD_DIM, UPCAST, False, TMA)
+                                      qk_scale, ks_row, BLOCK_N, HEAD_DIM, UPCAST, False, TMA, BLOCK,
+                                      PRECISION)
         # the partial last block: only its tiles that hold keys < L
         last0 = (N - 1) * BLOCK
         for it in range(0, tl.where(tail_in, (L - last0 + BLOCK_N - 1) // BLOCK_N, 0)):
             acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
-                                      last0 + it * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM, UPCAST, True, TMA)
+                                      last0 + it * BLOCK_N, L, qk_scale, ks_row, BLOCK_N, HEAD_DIM, UPCAST, True,
+                                      TMA, BLOCK, PRECISION)
 
         # (HAS_LUT / HAS_COMP / HAS_LINEAR: constexpr, False compiles a path this call never takes out)
         kq = tl.where(eff == 1, tl.minimum(topk, KL), 0)
@@ -177,15 +195,15 @@ def _fused_fwd_kernel(
                 for it in range(0, kq * R):
                     sel = tl.load(lut_row + it // R)
                     acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
-                                              sel * BLOCK + (it % R) * BLOCK_N, L, qk_scale, BLOCK_N, HEAD_DIM,
-                                              UPCAST, False, TMA)
+                                              sel * BLOCK + (it % R) * BLOCK_N, L, qk_scale, ks_row, BLOCK_N,
+                                              HEAD_DIM, UPCAST, False, TMA, BLOCK, PRECISION)
             else:
                 for it in range(0, kq * R):
                     sel = tl.load(lut_row + it // R)
                     start_n = tl.maximum(sel, 0) * BLOCK + (it % R) * BLOCK_N
                     acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl,
-                                              start_n, tl.where(sel >= 0, L, 0), qk_scale, BLOCK_N, HEAD_DIM,
-                                              UPCAST, True, TMA)
+                                              start_n, tl.where(sel >= 0, L, 0), qk_scale, ks_row, BLOCK_N,
+                                              HEAD_DIM, UPCAST, True, TMA, BLOCK, PRECISION)
 
         if HAS_COMP:
             # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
@@ -204,7 +222,7 @@ def _fused_fwd_kernel(
                 pool = (b64 * HEADS + h64) * N + j
                 kb = _op(tl.load(BKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=skip[None, :], other=0.0),
                          UPCAST)
-                qk = tl.dot(q, kb) * qk_scale + log2n[None, :]
+                qk = tl.dot(qp, kb) * qk_scale + log2n[None, :]
                 qk = tl.where(skip[None, :], qk, NEG)
                 vb = _op(tl.load(BVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=skip[:, None], other=0.0),
                          UPCAST)
@@ -228,7 +246,7 @@ def _fused_fwd_kernel(
             allow = tl.where(in_own, own_k, extra_k[None, :])
             kmask = offs_n < L
             k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0)
-            qk = tl.where(allow, tl.dot(q, _op(k, UPCAST)) * qk_scale, NEG)
+            qk = tl.where(allow, _logits(q, k, qk_scale, ks_row, start_n, BLOCK, UPCAST, PRECISION), NEG)
             v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0)
             v = _op(v, UPCAST)
             acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, v)
@@ -245,7 +263,7 @@ def _fused_fwd_kernel(
             allow = (sf[None, :] == qf[:, None]) & (sb != tl.where(OWN != 0, i, -2))[None, :]
             pool = (b64 * HEADS + h64) * NSEG + sidx
             kb = _op(tl.load(SKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=smask[None, :], other=0.0), UPCAST)
-            qk = tl.where(allow, tl.dot(q, kb) * qk_scale + lg[None, :], NEG)
+            qk = tl.where(allow, tl.dot(qp, kb) * qk_scale + lg[None, :], NEG)
             vb = _op(tl.load(SVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=smask[:, None], other=0.0), UPCAST)
             acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
 
@@ -297,7 +315,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
     `masks.topk_lut` (computed when None and a sparse head has topk > 0). `_lut_only` (bench only) makes
     sparse heads compute just the LUT's blocks, to time a given random block mask. `_config` ((BLOCK_M, BLOCK_N,
     num_warps, num_stages), skipping the autotuner) is for the bench's side-by-side sweep; `_descriptors` forces the
-    K/V load path (tests: the descriptor path under the CPU interpreter). The launch configs
+    K/V load path (tests: the descriptor path under the CPU interpreter). `plan.precision` "int8-qk" quantizes q and
+    the mean-smoothed k per spec block first (kernels/quant.py, spec §8) and runs Q·K in int8. The launch configs
     and the K/V load path follow the device's tier (kernels/configs.py); a device that cannot launch any of
     them raises `KernelLaunchError` with the shared memory asked and allowed.
     """
@@ -333,10 +352,18 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         skm = svm = qb.new_empty(1)
     if not pooled_linear and linear_heads:
         feature_linear(qb, kb, vb, plan, linear_heads, ob)
+    qs = ks = None
+    if plan.precision == INT8_QK:  # int8 q and smoothed k; the pooled means are of the smoothed k too
+        if not configs.INTERPRET and (why := int8_device_reason(q)):
+            raise KernelLaunchError(f"fused_attention: {why}")
+        qz = quantize_qk(qb, kb, block)
+        qb, kb, qs, ks = qz.q8, qz.k8, qz.q_scale, qz.k_scale
+        shift = qz.k_mean[:, :, None]
+        bkm, skm = ((m.float() - shift).to(m.dtype) if m.dim() == 4 else m for m in (bkm, skm))
 
     qk_scale = plan.softmax_scale(d) * _LOG2E
-    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, pt["routes"], pt["window"], pt["topk"], pt["head_order"],
-            pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
+    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, qs, ks, pt["routes"], pt["window"], pt["topk"],
+            pt["head_order"], pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
             qb.stride(0), qb.stride(1), qb.stride(2), kb.stride(0), kb.stride(1), kb.stride(2),
             vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
             qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
@@ -348,7 +375,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         configs.ensure_allocator()
     # the call kind: paths a call never takes are compiled out (fewer live registers, less shared memory)
     flags = dict(TMA=tma, HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads),
-                 HAS_LINEAR=bool(linear_heads))
+                 HAS_LINEAR=bool(linear_heads), PRECISION=int(qs is not None))
     args = (*args, tier)
     if configs.INTERPRET or _config is not None:
         if _config is None:

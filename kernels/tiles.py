@@ -36,14 +36,16 @@ def _online_update(acc, m_i, l_i, qk, v):
 
 
 @triton.jit
-def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale,
+def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale, ks_row,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
-              TMA: tl.constexpr):
+              TMA: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """Exact attention to keys [start_n, start_n + BLOCK_N); with MASKED, keys >= lim are masked (lim = L, or 0).
 
     The max is taken on the raw logits and qk_scale is folded into the exp2 argument (one FMA per logit;
     scale > 0), and the l update follows the PV dot (Triton 06). TMA: K and V tiles come through tensor
-    descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED.
+    descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED. PRECISION 1 (int8-qk,
+    spec §8): q and k are int8, the dot is int32, and the key tile's block scale (`ks_row`: this head's k scales,
+    one per spec block of BLOCK tokens) joins qk_scale.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if TMA:
@@ -59,9 +61,12 @@ def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, st
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
-    k = _op(k, UPCAST)
     v = _op(v, UPCAST)
-    qk = tl.dot(q, k)
+    if PRECISION == 1:
+        qk = tl.dot(q, k).to(tl.float32)
+        qk_scale = qk_scale * tl.load(ks_row + start_n // BLOCK)
+    else:
+        qk = tl.dot(q, _op(k, UPCAST))
     if MASKED:
         qk = tl.where((offs_n < lim)[None, :], qk, -1.0e30)
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)

@@ -40,6 +40,7 @@ class PatchConfig:
     node_id: str | None = None
     fuse_qk_norm_rope: bool = True
     fuse_block_norms: bool = True
+    precision: str = "fp16"  # Q·K precision of SparseFlow's attention (sparseflow.plan.PRECISIONS, spec §8)
 
     def __deepcopy__(self, memo: dict) -> PatchConfig:
         return self  # immutable: ComfyUI 0.3.64's clone() deep-copies model_options; one config serves every clone

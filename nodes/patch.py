@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..sparseflow.plan import BLOCKS, LINEAR_KINDS
+from ..sparseflow.plan import BLOCKS, FP16, INT8_QK, LINEAR_KINDS, PRECISIONS
 from ..sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
 from ..sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
 from .config import SPARSEFLOW_KEY, PatchConfig
@@ -23,7 +23,7 @@ from .prologue import fused_forward_patches
 from .types import RoutingType, ScheduleType, advanced, schema
 
 __all__ = ["BACKEND_CHOICES", "SUPPORTED", "SparseFlowPatch", "WanInfo", "apply_sparseflow", "check_backend",
-           "wan_info"]
+           "check_precision", "wan_info"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -90,6 +90,16 @@ def check_backend(backend: str) -> None:
                          f"usable backends: {', '.join(['auto', *usable])}")
 
 
+def check_precision(precision: str) -> None:
+    """Raise ValueError when `precision` is unknown, or int8-qk on a CUDA device without int8 tensor cores."""
+    from ..sparseflow.quantize import int8_device_reason
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"SparseFlow: precision must be one of {', '.join(PRECISIONS)}; got '{precision}'")
+    if precision == INT8_QK and (why := int8_device_reason()):
+        raise ValueError(f"SparseFlow: {why}")
+
+
 def resolve_routing(routing: RoutingMap | None, overrides: str | Mapping[str, str], info: WanInfo) -> RoutingMap:
     """The map to apply: the given one (or the default heuristic preset) plus overrides, shape-checked."""
     rmap = routing if routing is not None else routing_preset("heuristic", info.layers, info.heads, info.family)
@@ -108,7 +118,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
                      sparsity: float = 0.5, window: int = -1, anchors: tuple[int, ...] = (0,),
                      linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
                      overrides: str | Mapping[str, str] = "{}", node_id: str | None = None,
-                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True):
+                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True, precision: str = FP16):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
     Installs, under the key "sparseflow": the frozen config in transformer_options, the attention override (chained
@@ -118,12 +128,13 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     running the fused QK-norm + RoPE prologue (nodes/prologue.py); with `fuse_block_norms`, the block patches run
     each block's residual adds + LayerNorms fused (nodes/fused_block.py). Both follow the ComfyUI forward a behaviour
     check matches at the first model call (nodes/forwards/); where none matches, ComfyUI's own code runs and the log
-    and the run summary say why.
+    and the run summary say why. `precision` "int8-qk" runs Q·K of sparse, linear and mixed calls in int8 (spec §8).
     """
     import comfy.patcher_extension as pe
 
     info = wan_info(model)
     check_backend(backend)
+    check_precision(precision)
     if linear_kind not in LINEAR_KINDS:
         raise ValueError(f"SparseFlow: linear_kind must be one of {', '.join(LINEAR_KINDS)}; got '{linear_kind}'")
     if block not in BLOCKS:
@@ -135,7 +146,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     sigma_max = float(getattr(model.get_model_object("model_sampling"), "sigma_max", 1.0))
     config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
                          tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id,
-                         bool(fuse_qk_norm_rope), bool(fuse_block_norms))
+                         bool(fuse_qk_norm_rope), bool(fuse_block_norms), precision)
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
@@ -178,11 +189,16 @@ def patch_text(model) -> str:
     steps = describe(cfg.schedule, 10)
     windows = " ".join("D" if s.dense else str(cfg.window_at(s)) for s in steps)
     return (f"{cfg.model_type} {cfg.family} {cfg.layers}x{cfg.heads}; window per step (10 steps, D = dense): "
-            f"{windows}; {summary(cfg.routing)}; backend {cfg.backend}")
+            f"{windows}; {summary(cfg.routing)}; backend {cfg.backend}"
+            + ("" if cfg.precision == FP16 else f"; Q·K {cfg.precision}"))
 
 
 _TIP_SPARSITY = ("Overall sparsity. 0.5 keeps the schedule as it is; higher shrinks every temporal window "
                  "(1.0 = window 0 and no dense steps), lower widens it (0.0 = +4 latent frames).")
+_TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'fp16': the model's fp16/bf16 throughout. 'int8-qk': "
+                  "q and k quantized to int8 per block of tokens (k first smoothed by its mean, SageAttention's "
+                  "idea) and Q·K on int8 tensor cores; P·V stays fp16/bf16. Needs an RTX 30 / A100 or newer "
+                  "(sm_80+). Its measured error and speed: docs/fidelity.md, docs/performance.md.")
 _TIP_WINDOW = ("Temporal window in latent frames (1 latent frame = 4 video frames) each sparse head attends to "
                "on each side of its own frames. -1 takes the schedule's per-step window.")
 
@@ -236,6 +252,8 @@ class SparseFlowPatch(io.ComfyNode):
                                          "kernels, and the FFN's GELU inside its first matmul (ComfyUI's "
                                          "roundings up to one, faster, less memory). Off: ComfyUI's own code.",
                                  **advanced(io.Boolean.Input)),
+                io.Combo.Input("precision", options=list(PRECISIONS), default=FP16, optional=True,  # old prompts
+                               tooltip=_TIP_PRECISION, **advanced(io.Combo.Input)),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input model is unchanged).")],
             hidden=[io.Hidden.unique_id],
@@ -245,13 +263,14 @@ class SparseFlowPatch(io.ComfyNode):
     def execute(cls, *, model: io.Model.Type, sparsity: float, window: int, anchor_frames: int, linear_kind: str,
                 backend: str, block_size: str, routing_overrides: str, schedule: Schedule | None = None,
                 routing: RoutingMap | None = None, fuse_qk_norm_rope: bool = True,
-                fuse_block_norms: bool = True) -> io.NodeOutput:
+                fuse_block_norms: bool = True, precision: str = FP16) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         patched = apply_sparseflow(model, schedule=schedule, routing=routing, sparsity=sparsity, window=window,
                                    anchors=tuple(range(anchor_frames)), linear_kind=linear_kind, backend=backend,
                                    block=int(block_size), overrides=routing_overrides,
                                    node_id=None if node_id is None else str(node_id),
-                                   fuse_qk_norm_rope=fuse_qk_norm_rope, fuse_block_norms=fuse_block_norms)
+                                   fuse_qk_norm_rope=fuse_qk_norm_rope, fuse_block_norms=fuse_block_norms,
+                                   precision=precision)
         rmap = patched.model_options["transformer_options"][SPARSEFLOW_KEY].routing
         base = resolve_routing(routing, "{}", wan_info(model))
         return io.NodeOutput(patched, ui={"sparseflow_routing": [routing_to_json(rmap, base)],

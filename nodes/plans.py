@@ -55,7 +55,7 @@ class PlanCache:
             self._index[key] = len(self.plans)
             self.plans.append(AttentionPlan(geometry, lr.routes, win, topk, anchors=cfg.anchors,
                                             compensation=params.compensation, linear_kind=cfg.linear_kind,
-                                            block=cfg.block))
+                                            block=cfg.block, precision=cfg.precision))
         pid = self._index[key]
         return self.plans[pid], pid
 

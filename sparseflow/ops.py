@@ -16,7 +16,8 @@ import torch
 
 from .geometry import Geometry
 from .inputs import check_qkv, triton_input_reason
-from .plan import DENSE, LINEAR_KINDS, AttentionPlan
+from .plan import DENSE, INT8_QK, LINEAR_KINDS, PRECISIONS, AttentionPlan
+from .quantize import int8_device_reason
 from .reference import reference_attention
 
 __all__ = ["BACKENDS", "attention", "attention_encoded", "available_backends", "backend_for", "current_backend",
@@ -50,6 +51,8 @@ def _triton_reason(q: torch.Tensor | None = None, plan: AttentionPlan | None = N
         return f"triton: {why}"
     if plan is not None and len(plan.live_anchors) > 4:
         return f"triton: {len(plan.live_anchors)} anchor frames (the kernel takes at most 4)"
+    if plan is not None and plan.precision == INT8_QK and (why := int8_device_reason(q)):
+        return f"triton: {why}"
     return None
 
 
@@ -132,12 +135,13 @@ def _run(q, k, v, plan: AttentionPlan, heads: int | None, backend: str | None) -
 
 def _plan_from(geom: list[int], routes: list[int], window: list[int], topk: list[int],
                anchors: list[int], compensation: bool, linear_kind: int, own_block: bool, block: int,
-               scale: float) -> AttentionPlan:
+               precision: int, scale: float) -> AttentionPlan:
     return AttentionPlan(Geometry(*geom), tuple(routes), tuple(window), tuple(topk), tuple(anchors), compensation,
-                         LINEAR_KINDS[linear_kind], own_block, block, scale if scale > 0 else None)
+                         LINEAR_KINDS[linear_kind], own_block, block, scale if scale > 0 else None,
+                         PRECISIONS[precision])
 
 
-_CODE_VERSION = 1
+_CODE_VERSION = 2
 _decoded: dict = {}
 
 
@@ -146,7 +150,8 @@ def encode_plan(plan: AttentionPlan) -> torch.Tensor:
     g = plan.geometry
     vals = [_CODE_VERSION, g.frames, g.height, g.width, g.prefix, g.suffix, plan.heads, *plan.routes, *plan.window,
             *plan.topk, len(plan.anchors), *plan.anchors, int(plan.compensation),
-            LINEAR_KINDS.index(plan.linear_kind), int(plan.linear_own_block), plan.block, float(plan.scale or 0.0)]
+            LINEAR_KINDS.index(plan.linear_kind), int(plan.linear_own_block), plan.block,
+            PRECISIONS.index(plan.precision), float(plan.scale or 0.0)]
     return torch.tensor(vals, dtype=torch.float64)
 
 
@@ -164,8 +169,9 @@ def decode_plan(code: torch.Tensor) -> AttentionPlan:
         pos += 3 * h
         na = ints[pos]
         anchors = ints[pos + 1:pos + 1 + na]
-        comp, lk, own, block = ints[pos + 1 + na:pos + 5 + na]
-        plan = _plan_from(ints[1:6], routes, window, topk, anchors, bool(comp), lk, bool(own), block, vals[-1])
+        comp, lk, own, block, prec = ints[pos + 1 + na:pos + 6 + na]
+        plan = _plan_from(ints[1:6], routes, window, topk, anchors, bool(comp), lk, bool(own), block, prec,
+                          vals[-1])
         if len(_decoded) > 4096:
             _decoded.clear()
         _decoded[vals] = plan

@@ -9,12 +9,17 @@ from dataclasses import dataclass, field
 
 from .geometry import Geometry
 
-__all__ = ["AttentionPlan", "DENSE", "LINEAR", "LINEAR_KINDS", "ROUTE_NAMES", "SPARSE", "BLOCKS", "uniform_plan"]
+__all__ = ["AttentionPlan", "BLOCKS", "DENSE", "FP16", "INT8_QK", "LINEAR", "LINEAR_KINDS", "PRECISIONS", "ROUTE_NAMES",
+           "SPARSE", "uniform_plan"]
 
 DENSE, SPARSE, LINEAR = 0, 1, 2
 ROUTE_NAMES = ("dense", "sparse", "linear")
 LINEAR_KINDS = ("pooled", "feature")
 BLOCKS = (64, 128)
+# Q·K precision (spec §8): "fp16" = the input dtype (fp16 or bf16) throughout; "int8-qk" = int8 q and smoothed k per
+# spec block (sparseflow/quantize.py), P·V in the input dtype
+FP16, INT8_QK = "fp16", "int8-qk"
+PRECISIONS = (FP16, INT8_QK)
 MAX_WINDOW = 4096
 MAX_TOPK = 4096
 
@@ -24,7 +29,8 @@ class AttentionPlan:
     """Routes and parameters for every head of one self-attention call.
 
     `routes`, `window`, `topk` hold one entry per head. `anchors` are latent frame indices every sparse
-    query block attends to (indices >= frames are ignored). `scale=None` means 1/sqrt(head_dim).
+    query block attends to (indices >= frames are ignored). `scale=None` means 1/sqrt(head_dim). `precision` is
+    one of `PRECISIONS` (spec §8).
     """
 
     geometry: Geometry
@@ -37,6 +43,7 @@ class AttentionPlan:
     linear_own_block: bool = True
     block: int = 128
     scale: float | None = None
+    precision: str = FP16
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +70,8 @@ class AttentionPlan:
             raise ValueError(f"plan: linear_kind must be one of {LINEAR_KINDS}, got {self.linear_kind!r}")
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"plan: scale must be > 0 or None, got {self.scale!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"plan: precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def heads(self) -> int:
@@ -86,7 +95,11 @@ class AttentionPlan:
 
     def with_routes(self, routes: tuple[int, ...]) -> "AttentionPlan":
         return AttentionPlan(self.geometry, tuple(routes), self.window, self.topk, self.anchors, self.compensation,
-                             self.linear_kind, self.linear_own_block, self.block, self.scale)
+                             self.linear_kind, self.linear_own_block, self.block, self.scale, self.precision)
+
+    def with_precision(self, precision: str) -> "AttentionPlan":
+        return AttentionPlan(self.geometry, self.routes, self.window, self.topk, self.anchors, self.compensation,
+                             self.linear_kind, self.linear_own_block, self.block, self.scale, precision)
 
 
 def uniform_plan(geometry: Geometry, heads: int, route: int = SPARSE, window: int = 1, topk: int = 0,

@@ -1,7 +1,9 @@
 """The SparseFlow operator in plain PyTorch: the definition every kernel is checked against.
 
-docs/spec.md §5. Chunked over query blocks and gathering only the key blocks each one computes, so it
-runs at Wan-1.3B 480p size on a GPU without an L x L tensor. Computes in fp32 (fp64 for fp64 input).
+docs/spec.md §5 (§8: precision "int8-qk" takes the logits from int8 q and mean-smoothed k, sparseflow/quantize.py;
+the pooled means are of the smoothed k, unquantized). Chunked over query blocks and gathering only the key blocks
+each one computes, so it runs at Wan-1.3B 480p size on a GPU without an L x L tensor. Computes in fp32 (fp64 for
+fp64 input).
 Same signature as the Triton launcher (`kernels/fused.py`); tests and bench import it from here.
 """
 
@@ -16,7 +18,8 @@ from .geometry import Geometry
 from .inputs import check_qkv, from_bhld, to_bhld
 from .masks import block_means, block_tables, key_block_ranges, topk_lut
 from .partials import PartialAttention
-from .plan import DENSE, SPARSE, AttentionPlan
+from .plan import DENSE, INT8_QK, SPARSE, AttentionPlan
+from .quantize import quantize_qk
 
 __all__ = ["SegmentTable", "dense_attention", "reference_attention", "segment_table"]
 
@@ -85,14 +88,14 @@ def _rows(lse: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor | None:
 
 
 def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float,
-            lse: torch.Tensor | None = None) -> torch.Tensor:
+            kp: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab = block_tables(g, blk)
     b, h, length, d = q.shape
     dev = q.device
     out = torch.empty_like(q)
     if plan.compensation:
-        km, vm = block_means(k, blk), block_means(v, blk)
+        km, vm = block_means(kp, blk), block_means(v, blk)
         log_n = torch.log(torch.tensor(tab.count, dtype=q.dtype, device=dev))
     arange_blk = torch.arange(blk, device=dev)
     for i in range(tab.n):
@@ -128,7 +131,8 @@ def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None,
     return out
 
 
-def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tensor | None = None) -> torch.Tensor:
+def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, kp: torch.Tensor,
+                   lse: torch.Tensor | None = None) -> torch.Tensor:
     g, blk = plan.geometry, plan.block
     tab, seg = block_tables(g, blk), segment_table(g, blk)
     b, h, length, d = q.shape
@@ -137,7 +141,7 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tensor
     sid = seg.seg_of_token.to(dev)[vid]
     nseg = len(seg.frame)
     count = seg.count.to(dev, q.dtype)
-    km = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, k[:, :, vid]) / count[:, None]
+    km = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, kp[:, :, vid]) / count[:, None]
     vm = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, v[:, :, vid]) / count[:, None]
     log_n = torch.log(count)
     seg_frame, seg_block = seg.frame.to(dev), seg.block.to(dev)
@@ -167,7 +171,9 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tensor
     return out
 
 
-def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tensor | None = None) -> torch.Tensor:
+def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, qd: torch.Tensor, kd: torch.Tensor,
+                    lse: torch.Tensor | None = None) -> torch.Tensor:
+    """Spec §5.3 `feature` from q, k; the dense rows of query blocks with extra tokens from (qd, kd)."""
     g, blk = plan.geometry, plan.block
     tab, fsize = block_tables(g, blk), g.tokens_per_frame
     out = torch.empty_like(q)
@@ -186,7 +192,7 @@ def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, lse: torch.Tenso
     for i in range(tab.n):
         if tab.has_extra[i]:
             t0, t1 = i * blk, min((i + 1) * blk, g.length)
-            out[:, :, t0:t1] = _dense(q[:, :, t0:t1], k, v, scale, _rows(lse, t0, t1))
+            out[:, :, t0:t1] = _dense(qd[:, :, t0:t1], kd, v, scale, _rows(lse, t0, t1))
     return out
 
 
@@ -195,7 +201,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
                         return_lse: bool = False) -> torch.Tensor | PartialAttention:
     """SparseFlow attention of one call (spec §5). Layout (B, H, L, D), or (B, L, H*D) with `heads`.
 
-    `lut` is the top-k LUT from `masks.topk_lut`; it is computed here when None and a head needs it.
+    `lut` is the top-k LUT from `masks.topk_lut`; it is computed here when None and a head needs it (from the
+    unquantized q, k at every precision).
     Returns a tensor of q's layout and dtype; with `return_lse`, a `PartialAttention` whose `out` is (B, H, L, D)
     and `lse` (B, H, L) (the log of each row's softmax normaliser, `partials.py`), both in the compute dtype.
     """
@@ -206,19 +213,26 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
         lut = topk_lut(qb, kb, plan)
     scale = plan.softmax_scale(d)
     out = torch.empty_like(qb)
+    if plan.precision == INT8_QK:  # logits from the dequantized int8 q and smoothed k; pooled means of smoothed k
+        qz = quantize_qk(to_bhld(q, h), to_bhld(k, h), plan.block)  # from the inputs, as the kernel's pre-pass
+        ql, kl = (t.to(cdt) for t in qz.dequantized())
+        kp = kb - qz.k_mean[:, :, None].to(cdt)
+    else:
+        ql, kl, kp = qb, kb, kb
     lse = qb.new_empty(qb.shape[:3]) if return_lse else None
     for (route, window, topk), hs in plan.groups().items():
         idx = torch.tensor(hs, device=q.device)
-        qs, ks, vs = qb[:, idx], kb[:, idx], vb[:, idx]
+        qs, ks, vs = ql[:, idx], kl[:, idx], vb[:, idx]
         ls = None if lse is None else lse.new_empty(lse.shape[0], len(hs), lse.shape[2])
         if route == DENSE:
             o = _dense(qs, ks, vs, scale, ls)
         elif route == SPARSE:
-            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale, ls)
+            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale,
+                        kp[:, idx], ls)
         elif plan.linear_kind == "pooled":
-            o = _linear_pooled(qs, ks, vs, plan, scale, ls)
+            o = _linear_pooled(qs, ks, vs, plan, scale, kp[:, idx], ls)
         else:
-            o = _linear_feature(qs, ks, vs, plan, scale, ls)
+            o = _linear_feature(qb[:, idx], kb[:, idx], vs, plan, scale, qs, ks, ls)
         out[:, idx] = o
         if lse is not None:
             lse[:, idx] = ls

@@ -63,16 +63,24 @@ def shared_memory(launch: Launch, cc: int) -> int:
 
 
 def fused_launch(config: tuple[int, int, int, int], block: int, tma: bool, has_lut: bool, has_comp: bool,
-                 has_linear: bool, dtype: str = "fp16") -> Launch:
-    """The fused attention kernel at one config (BLOCK_M, BLOCK_N, warps, stages) and call kind, head_dim 128."""
+                 has_linear: bool, dtype: str = "fp16", precision: str = "fp16") -> Launch:
+    """The fused attention kernel at one config (BLOCK_M, BLOCK_N, warps, stages) and call kind, head_dim 128.
+
+    precision "int8-qk": Q and K int8 with fp32 scales QS, KS (spec §8); "fp16": QS and KS are None, as the launcher
+    passes them (Triton makes a None argument a constexpr, so it is not a kernel parameter)."""
     from comfyui_sparseflow.kernels import fused
 
     bm, bn, warps, stages = config
+    int8 = precision == "int8-qk"
     ptrs = {n: dtype for n in ("Q", "K", "V", "Out", "BKM", "BVM", "SKM", "SVM")}
     ptrs.update({n: "i32" for n in ("LUT", "ROUTES", "WINDOW", "TOPK", "HEAD_ORDER", "ANCHORS", "SEG_FRAME",
                                     "SEG_BLOCK", "FRAME_FIRST")}, SEG_LOG2N="fp32")
+    if int8:
+        ptrs.update(Q="i8", K="i8", QS="fp32", KS="fp32")
     consts = dict(HEAD_DIM=128, BLOCK=block, BLOCK_M=bm, BLOCK_N=bn, UPCAST=False, TMA=tma, HAS_LUT=has_lut,
-                  HAS_COMP=has_comp, HAS_LINEAR=has_linear)
+                  HAS_COMP=has_comp, HAS_LINEAR=has_linear, PRECISION=int(int8))
+    if not int8:
+        consts.update(QS=None, KS=None)
     return Launch(fused._jit_kernel, ptrs, ("qk_scale",), tuple(fused._RUNTIME_INTS), consts, warps, stages)
 
 
@@ -84,6 +92,15 @@ def pooled_mean_launch(span: int) -> Launch:
             "HEADS_SEL": "i32"}
     return Launch(prepass._pooled_mean_kernel, ptrs, (), ("NP", "BATCH", "HEADS"),
                   dict(SPAN=span, HEAD_DIM=128), 4, 3)
+
+
+def quantize_launch(block: int) -> Launch:
+    """The int8-qk pre-pass (kernels/quant.py), as `quantize_qk` launches it for head_dim 128."""
+    from comfyui_sparseflow.kernels import quant
+
+    ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
+    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128),
+                  8 if block == 128 else 4, 3)
 
 
 def norm_rope_launch(channels: int) -> Launch:
@@ -108,8 +125,8 @@ def add_norm_launch(channels: int, has_y: bool, has_gate: bool, norm: bool, affi
     return Launch(residual_norm._add_norm_kernel, ptrs, ("eps",), ("rows", "L"), consts, warps, 3)
 
 
-BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "norm_rope": norm_rope_launch,
-            "add_norm": add_norm_launch}
+BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "quantize": quantize_launch,
+            "norm_rope": norm_rope_launch, "add_norm": add_norm_launch}
 
 
 def shared_memory_job(job: tuple) -> int:

@@ -2,9 +2,10 @@
 
 For each target of ANCHORS.md (sm_80 A100, sm_86/89/120 RTX 30/40/50, sm_90 H100/H200, sm_100 B200) each kernel is
 compiled on this CPU machine for that target (tests/cross_compile.py) with every config the autotuner would keep
-there (kernels/configs.py: the device's tier, each spec block, each call kind) and the launch's shared memory must
-be within the target's opt-in limit; every target keeps at least one config per spec block (64 and 128).
-Compiles run in two spawned processes (about 2 minutes on 2 cores; Triton caches them on disk for later runs).
+there (kernels/configs.py: the device's tier, each spec block, each call kind, each precision: fp16 and int8-qk,
+spec §8) and the launch's shared memory must be within the target's opt-in limit; every target keeps at least one
+config per spec block (64 and 128). Compiles run in two spawned processes (about 4 minutes on 2 cores; Triton caches
+them on disk for later runs).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from itertools import product
 
 import pytest
 from comfyui_sparseflow.kernels import configs
+from comfyui_sparseflow.sparseflow.plan import PRECISIONS
 from cross_compile import TARGET_LIMITS, shared_memory_job
 
 pytest.importorskip("triton")
@@ -34,6 +36,12 @@ def _limits(cc: int) -> configs.DeviceLimits:
     return configs.DeviceLimits((cc // 10, cc % 10), TARGET_LIMITS[cc], f"sm_{cc}")
 
 
+def _fused_job(c: configs.LaunchConfig, block: int, tma: bool, precision: str, cc: int) -> tuple[str, tuple, int]:
+    cfg, kind = (c.block_m, c.block_n, c.warps, c.stages), _largest_kind(c)
+    what = f"fused {'/'.join(map(str, cfg))} block {block} lut={kind[0]} {precision}"
+    return what, ("fused", (cfg, block, tma, *kind, "fp16", precision), cc), cc
+
+
 def _jobs() -> list[tuple[str, tuple, tuple]]:
     """(what, job, target) for every launch to check: job = (builder, args, cc)."""
     jobs = []
@@ -42,12 +50,12 @@ def _jobs() -> list[tuple[str, tuple, tuple]]:
         tier = configs.tier_for(limits)
         tma = configs.use_descriptors(limits, tier)
         for block in (64, 128):
-            for c in configs.launch_configs(tier, block, has_lut=False):
-                cfg, kind = (c.block_m, c.block_n, c.warps, c.stages), _largest_kind(c)
-                what = f"fused {'/'.join(map(str, cfg))} block {block} lut={kind[0]}"
-                jobs.append((what, ("fused", (cfg, block, tma, *kind), cc), cc))
+            for precision in PRECISIONS:
+                for c in configs.launch_configs(tier, block, has_lut=False, int8=precision == "int8-qk"):
+                    jobs.append(_fused_job(c, block, tma, precision, cc))
         for span in (64, 128):
             jobs.append((f"pooled_mean span {span}", ("pooled_mean", (span,), cc), cc))
+            jobs.append((f"quantize block {span}", ("quantize", (span,), cc), cc))
         for dim in MODEL_DIMS:
             jobs.append((f"norm_rope C={dim}", ("norm_rope", (dim,), cc), cc))
             for flags in ADD_NORM_CALLS:
@@ -81,10 +89,11 @@ def test_every_kept_launch_fits_the_targets_shared_memory(compiled, cc):
 
 
 @pytest.mark.parametrize("cc", sorted(TARGET_LIMITS), ids=[f"sm_{cc}" for cc in sorted(TARGET_LIMITS)])
-def test_every_target_keeps_a_config_for_each_spec_block_and_call_kind(cc):
+def test_every_target_keeps_a_config_for_each_spec_block_call_kind_and_precision(cc):
     tier = configs.tier_for(_limits(cc))
-    for block, lut in product((64, 128), (False, True)):
-        assert configs.launch_configs(tier, block, lut), f"sm_{cc} ({tier.name}): none for block {block}, lut={lut}"
+    for block, lut, int8 in product((64, 128), (False, True), (False, True)):
+        assert configs.launch_configs(tier, block, lut, int8), \
+            f"sm_{cc} ({tier.name}): none for block {block}, lut={lut}, int8={int8}"
 
 
 def test_tiers_follow_the_devices_shared_memory():
@@ -100,3 +109,22 @@ def test_a_forced_tier_serves_any_device(monkeypatch):
     monkeypatch.setenv(configs.TIER_ENV, "consumer")
     tier = configs.tier_for(_limits(90))
     assert tier.name == "consumer" and not configs.use_descriptors(_limits(90), tier)
+
+
+def test_int8_qk_does_not_compile_for_sm75_so_it_is_refused_there(monkeypatch):
+    """Triton 3.8 has no int8 tensor-core dot below sm_80: the int8-qk kernel fails to compile for sm_75 (T4), and
+    the op refuses the precision there with a reason naming the device (the Patch node raises it at patch time)."""
+    from comfyui_sparseflow.sparseflow import quantize
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(Exception):
+            pool.submit(shared_memory_job, ("fused", ((64, 32, 4, 2), 64, False, False, False, False, "fp16",
+                                                      "int8-qk"), 75)).result()
+    monkeypatch.setattr(quantize.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(quantize.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(quantize.torch.cuda, "get_device_capability", lambda dev=None: (7, 5))
+    monkeypatch.setattr(quantize.torch.cuda, "get_device_name", lambda dev=None: "Tesla T4")
+    assert "8.0+" in quantize.int8_device_reason() and "Tesla T4" in quantize.int8_device_reason()
+    monkeypatch.setattr(quantize.torch.cuda, "get_device_capability", lambda dev=None: (8, 9))
+    assert quantize.int8_device_reason() is None

@@ -126,6 +126,31 @@ def test_sparseflow_output_equals_the_reference_operator_applied_inside_the_mode
     assert len(tel.calls) == len(selfs) and tel.backends() == ["reference"]
 
 
+def test_int8_qk_precision_reaches_the_operator_inside_the_model(comfy, pack, tiny_models):  # noqa: F811
+    """precision="int8-qk": every self-attention call SparseFlow runs is the int8-qk reference operator (spec §8),
+    which differs from the fp16 one."""
+    model = tiny_models[tw.WAN21_T2V]
+    routing = routing_preset("alternating", 2, 2)
+    patched = pack.patch.apply_sparseflow(model, routing=routing, backend="reference", block=64, precision="int8-qk")
+    assert "Q·K int8-qk" in pack.patch.patch_text(patched)
+    to = patched.model_options["transformer_options"]
+    calls = []
+    to["optimized_attention_override"] = _recording_override(to["optimized_attention_override"], calls)
+    _sample(comfy, patched, tw.WAN21_T2V, BIG, steps=2)
+    geometry = Geometry(*BIG[:1], BIG[1] // 2, BIG[2] // 2)
+    per_step = describe(schedule_preset("balanced"), 2)
+    selfs = [c for c in calls if c["q"].shape == c["k"].shape]
+    assert selfs
+    for c in selfs:
+        p = per_step[c["sample_sigmas"].index(c["sigma"])]
+        plan = AttentionPlan(geometry, routing.head_routes(c["layer"]), (p.window,) * 2, (0,) * 2, anchors=(0,),
+                             compensation=p.compensation, block=64, precision="int8-qk")
+        expected = reference_attention(c["q"], c["k"], c["v"], plan, heads=2)
+        assert_close_report(c["out"], expected, atol=1e-6, rtol=1e-5, what=f"layer {c['layer']}")
+        fp16 = reference_attention(c["q"], c["k"], c["v"], plan.with_precision("fp16"), heads=2)
+        assert (c["out"] - fp16).abs().max() > 1e-5
+
+
 @pytest.mark.parametrize("preset", ["fast", "balanced", "quality"])
 def test_schedule_per_step_values_are_the_ones_applied(comfy, pack, tiny_models, preset):  # noqa: F811
     steps = 5
@@ -237,6 +262,8 @@ def test_user_errors_name_the_input_and_what_is_allowed(pack, tiny_models):  # n
         pack.patch.apply_sparseflow(model, routing=routing_preset("heuristic", 30, 12))
     with pytest.raises(ValueError, match="route 'fast' is unknown"):
         pack.patch.apply_sparseflow(model, overrides='{"0.1": "fast"}')
+    with pytest.raises(ValueError, match=r"precision must be one of fp16, int8-qk; got 'int4'"):
+        pack.patch.apply_sparseflow(model, precision="int4")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"backend 'triton' cannot run here: triton: no CUDA device"):
             pack.patch.apply_sparseflow(model, backend="triton")

@@ -62,6 +62,7 @@ class Setting:
     topk_ratio: float | None = None
     start_percent: float | None = None
     sparsity: float | None = None  # target: the Patch sparsity slider the search chose
+    precision: str = "fp16"  # Q·K precision of SparseFlow settings (spec §8)
     metrics: dict = field(default_factory=dict)
 
 
@@ -71,6 +72,11 @@ def _settings() -> list[Setting]:
     out += [Setting(f"sparseflow heuristic / {s}", "preset", "heuristic", s) for s in EXTRA_SCHEDULES]
     out += [Setting(f"sparseflow calibrated {b:g}", "calibrated", f"calibrated:{b:g}", "fixed", budget=b)
             for b in BUDGETS]
+    # int8-qk (spec §8) next to the fp16 points it quantizes: the heuristic presets and the 0.1 map
+    out += [Setting(f"sparseflow heuristic / {s} int8-qk", "preset", "heuristic", s, precision="int8-qk")
+            for s in PRESET_SCHEDULES]
+    out.append(Setting("sparseflow calibrated 0.1 int8-qk", "calibrated", "calibrated:0.1", "fixed", budget=0.1,
+                       precision="int8-qk"))
     for kind, tau, ratio, start in SOL_SETTINGS:
         name = f"sol_attn tau={tau:g}" if kind == "tau" else f"sol_attn keep={ratio:g}"
         name += "" if start == 0.2 else f" start={start:g}"
@@ -251,7 +257,7 @@ def main() -> None:  # noqa: C901 - one linear script of stages
             ov = SolAttnOverride(layers, s.tau, s.topk_ratio, a.shift, start_percent=s.start_percent)
         else:
             rmap, sched = _sparseflow_setup(s, maps, layers, heads)
-            ov = SparseFlowOverride(geom, rmap, sched, attention)
+            ov = SparseFlowOverride(geom, rmap, sched, attention, precision=s.precision)
         t1 = time.perf_counter()
         try:
             x = sample(model, cfg, noise, classes, ov, steps=a.steps, shift=a.shift)
@@ -325,11 +331,11 @@ def _timings(settings, maps, cap, geom, attention, a, layers, heads, res) -> Non
                                                 sparse_steps=n, steps=a.steps, layers=30)
             else:
                 rmap, sched = _sparseflow_setup(s, maps, layers, heads)
-                t_ms, d_ms = timing.sparseflow_run_ms(tiny, geom, rmap, sched, a.steps)
+                t_ms, d_ms = timing.sparseflow_run_ms(tiny, geom, rmap, sched, a.steps, s.precision)
                 # presets: the preset itself at 30 x 12 (what a Wan 1.3B user gets); calibrated maps: tiled
                 big_map = timing.tile_map(rmap, 30, 12) if s.family in ("calibrated", "target") else \
                     routing_preset(s.routing, 30, 12)
-                b_ms, bd_ms = timing.sparseflow_run_ms(large, big, big_map, sched, a.steps)
+                b_ms, bd_ms = timing.sparseflow_run_ms(large, big, big_map, sched, a.steps, s.precision)
                 plans = [plan_for(big, big_map, layer, sched.at(i / max(1, a.steps - 1)))
                          for i in range(a.steps) for layer in range(30)]
                 m["density_wan13b"] = sum(_density(pl) for pl in plans) / len(plans)

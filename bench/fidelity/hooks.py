@@ -59,7 +59,7 @@ def sigma_at_percent(percent: float, shift: float) -> float:
 
 
 def plan_for(geometry: Geometry, rmap: RoutingMap, layer: int, params: StepParams, *, block: int = 128,
-             anchors: tuple[int, ...] = (0,), linear_kind: str = "pooled") -> AttentionPlan:
+             anchors: tuple[int, ...] = (0,), linear_kind: str = "pooled", precision: str = "fp16") -> AttentionPlan:
     """The plan of one layer at one step: map windows/topk of -1 take the step's; `dense` makes sparse heads dense."""
     routes = list(rmap.head_routes(layer))
     if params.dense:
@@ -67,7 +67,7 @@ def plan_for(geometry: Geometry, rmap: RoutingMap, layer: int, params: StepParam
     window = tuple(params.window if w < 0 else w for w in rmap.head_window(layer))
     topk = tuple(params.topk if t < 0 else t for t in rmap.head_topk(layer))
     return AttentionPlan(geometry, tuple(routes), window, topk, anchors=anchors, compensation=params.compensation,
-                         linear_kind=linear_kind, block=block)
+                         linear_kind=linear_kind, block=block, precision=precision)
 
 
 class _StepAware:

@@ -87,18 +87,24 @@ def tables(res: dict) -> str:
     return "\n".join(out)
 
 
-# family -> (marker, colour, legend label), in drawing order
+# group -> (marker, colour, legend label), in drawing order; a setting's group is its family, or "int8" for
+# SparseFlow settings at precision int8-qk
 FAMILIES = {"preset": ("o", "tab:blue", "SparseFlow presets"),
             "calibrated": ("s", "tab:green", "SparseFlow calibrated maps"),
             "target": ("D", "tab:purple", "SparseFlow Calibrate to Target"),
+            "int8": ("P", "tab:orange", "SparseFlow int8-qk"),
             "sol_attn": ("^", "tab:red", "core sol_attn"),
             "floor": ("x", "gray", "SparseFlow all-dense (floor)")}
 
 
+def _group(setting: dict) -> str:
+    return "int8" if setting.get("precision", "fp16") != "fp16" else setting["family"]
+
+
 def points(res: dict, key: str) -> dict[str, list[tuple[float, float, str]]]:
-    """family -> [(speed-up `key`, PSNR capped at 80 dB, name)] of the settings that have both."""
+    """group -> [(speed-up `key`, PSNR capped at 80 dB, name)] of the settings that have both."""
     return {fam: [(s["metrics"][key], min(s["metrics"]["psnr"], 80.0), s["name"]) for s in res["settings"]
-                  if s["family"] == fam and key in s["metrics"] and "psnr" in s["metrics"]]
+                  if _group(s) == fam and key in s["metrics"] and "psnr" in s["metrics"]]
             for fam in FAMILIES}
 
 

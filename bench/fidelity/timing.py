@@ -65,13 +65,13 @@ def tile_map(rmap: RoutingMap, layers: int, heads: int) -> RoutingMap:
 
 
 def sparseflow_run_ms(timer: PlanTimer, geometry: Geometry, rmap: RoutingMap, schedule: Schedule,
-                      steps: int) -> tuple[float, float]:
-    """(setting ms, dense ms) summed over every (step, layer) call of a run."""
+                      steps: int, precision: str = "fp16") -> tuple[float, float]:
+    """(setting ms, dense ms) summed over every (step, layer) call of a run, at a Q·K precision (spec §8)."""
     total = 0.0
     for step in range(steps):
         params = schedule.at(step / max(1, steps - 1))
         for layer in range(rmap.layers):
-            total += timer.plan_ms(plan_for(geometry, rmap, layer, params))
+            total += timer.plan_ms(plan_for(geometry, rmap, layer, params, precision=precision))
     return total, timer.dense_ms * steps * rmap.layers
 
 

@@ -1,0 +1,98 @@
+"""Quantize pre-pass of the fused kernel's `int8-qk` path, and its Q·K tile step (Triton).
+
+docs/spec.md §8; the math is `sparseflow/quantize.py` (k smoothed by its channel mean, SageAttention's idea,
+arXiv:2410.02367; our own code). A separate small kernel rather than a part of the block-means pass: k's scales
+need the mean over the whole sequence first, so k is read twice either way (a torch mean, then this pass), and
+the block means are only made for calls with compensation or pooled linear heads. One program per (spec block,
+batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales.
+
+Rounding as torch does it: scale = amax / 127 and x / scale correctly rounded (`div_rn`; Triton's `/` is
+approximate on the GPU), round half to even by adding and subtracting 1.5 * 2^23 (exact for |x| < 2^22;
+libdevice's rint does not run under the CPU interpreter).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..sparseflow.quantize import QuantizedQK, k_channel_mean
+from .tiles import _op
+
+__all__ = ["_logits", "_pooled_operand", "quantize_qk"]
+
+_RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
+
+
+@triton.jit
+def _quantize_tile(x, mask, QMAX: tl.constexpr):
+    """(int8 tile, fp32 scale) of an fp32 tile: symmetric, one scale; masked elements do not count."""
+    x = tl.where(mask, x, 0.0)
+    amax = tl.max(tl.max(tl.abs(x), 1), 0)
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
+    r = tl.math.div_rn(x, x * 0 + scale)
+    r = (r + _RNE) - _RNE
+    r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
+    return r.to(tl.int8), scale
+
+
+@triton.jit
+def _quantize_kernel(Q, K, KMEAN, Q8, K8, QS, KS, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                     L, N, HEADS, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head)."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HEADS
+    h = bh % HEADS
+    offs = j * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask = (offs < L)[:, None]
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs[:, None] * stride_ql + offs_d[None, :], mask=mask, other=0.0)
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask, other=0.0)
+    mean = tl.load(KMEAN + bh * HEAD_DIM + offs_d)
+    q8, qs = _quantize_tile(q.to(tl.float32), mask, 127.0)
+    k8, ks = _quantize_tile(k.to(tl.float32) - mean[None, :], mask, 127.0)
+    dst = (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :]
+    tl.store(Q8 + dst, q8, mask=mask)
+    tl.store(K8 + dst, k8, mask=mask)
+    tl.store(QS + bh * N + j, qs)
+    tl.store(KS + bh * N + j, ks)
+
+
+def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
+    """`sparseflow.quantize.quantize_qk` on the device: (B, H, L, D) views with unit last stride -> int8 q and
+    smoothed k (contiguous (B, H, L, D)) and their (B, H, N) scales, per spec block of `block` tokens."""
+    bsz, nh, length, d = q.shape
+    n = triton.cdiv(length, block)
+    mean = k_channel_mean(k).contiguous()
+    q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
+    k8 = torch.empty_like(q8)
+    qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
+    ks = torch.empty_like(qs)
+    _quantize_kernel[(n, bsz * nh)](q, k, mean, q8, k8, qs, ks, q.stride(0), q.stride(1), q.stride(2),
+                                    k.stride(0), k.stride(1), k.stride(2), length, n, nh, BLOCK=block, HEAD_DIM=d,
+                                    num_warps=8 if block == 128 else 4)
+    return QuantizedQK(q8, k8, qs, ks, mean, block)
+
+
+@triton.jit
+def _logits(q, k, qk_scale, ks_row, start_n, BLOCK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Scaled log2-domain logits of a query tile and a key tile [start_n, start_n + BLOCK_N) (k as (D, BLOCK_N)).
+
+    PRECISION 1 (int8-qk): int8 x int8 -> int32 dot, then the key tile's block scale times qk_scale (which already
+    holds the query block's scale); else the input dtype's dot times qk_scale."""
+    if PRECISION == 1:
+        return tl.dot(q, k).to(tl.float32) * (qk_scale * tl.load(ks_row + start_n // BLOCK))
+    else:
+        return tl.dot(q, _op(k, UPCAST)) * qk_scale
+
+
+@triton.jit
+def _pooled_operand(q8, like, UPCAST: tl.constexpr):
+    """int8 q as the operand of a dot with pooled means of `like`'s dtype (int8 values are exact in fp16/bf16);
+    fp32 under the CPU interpreter, whose int8 -> bf16 cast is wrong (triton 3.8)."""
+    if UPCAST:
+        return q8.to(tl.float32)
+    else:
+        return q8.to(like.dtype.element_ty)

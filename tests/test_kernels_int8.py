@@ -1,0 +1,137 @@
+"""The fused kernel's int8-qk path (spec §8) equals the quantized PyTorch reference: its quantize pre-pass bit for bit,
+then every route, top-k, compensation, extra tokens, both spec blocks and both K/V load paths (tests/test_kernels.py's
+cases at precision int8-qk). On CPU (CI) under TRITON_INTERPRET=1 at small shapes; on CUDA compiled, plus the Wan
+2.1 1.3B 480p shape."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from comfyui_sparseflow.kernels import configs, fused_attention  # noqa: E402
+from comfyui_sparseflow.kernels.quant import quantize_qk as quantize_qk_triton  # noqa: E402
+from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
+from comfyui_sparseflow.sparseflow.inputs import to_bhld  # noqa: E402
+from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
+from comfyui_sparseflow.sparseflow.quantize import quantize_qk  # noqa: E402
+from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
+from helpers import assert_close_report, rel_error  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# the fp16 path's tolerances (tests/test_kernels.py): int8 q·k is exact in both, the rest is the same fp32 math
+TOL = {torch.bfloat16: (3e-2, 1e-2), torch.float16: (4e-3, 2e-3)}
+G_EXTRA = Geometry(frames=8, height=4, width=12, prefix=7, suffix=9)  # L = 400: extra tokens on both sides
+G_ODD = Geometry(frames=8, height=5, width=9, prefix=0, suffix=0)  # L = 360, not a multiple of 64
+
+
+def _qkv(batch, heads, length, dim, dtype, seed=0, layout="bhld", k_offset=2.0):
+    """Random q, k, v; k gets a per-channel offset shared by all tokens (as DiT keys have), which smoothing removes."""
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3)]
+    xs[1] = xs[1] + k_offset * torch.randn(dim, generator=gen)
+    xs = [x.to(dtype).to(DEV) for x in xs]
+    if layout == "blhd":
+        xs = [x.transpose(1, 2).reshape(batch, length, heads * dim).contiguous() for x in xs]
+    return xs
+
+
+def _plan(g, routes, window, topk, **kw):
+    return AttentionPlan(g, routes, window, topk, precision=INT8_QK, **kw)
+
+
+def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", lut=None, seed=0, **kw):
+    q, k, v = _qkv(batch, plan.heads, plan.geometry.length, dim, dtype, seed, layout)
+    heads = plan.heads if layout == "blhd" else None
+    out = fused_attention(q, k, v, plan, heads=heads, lut=lut, **kw)
+    ref = reference_attention(q, k, v, plan, heads=heads, lut=lut)
+    atol, rel = TOL[dtype]
+    assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
+    assert_close_report(out, ref, atol=atol)
+    assert rel_error(out, ref) < rel, f"rel error {rel_error(out, ref):.2e} >= {rel}"
+    return out
+
+
+@pytest.mark.parametrize("block", [64, 128])
+def test_quantize_prepass_equals_the_reference_quantization_bit_for_bit(block):
+    q, k, _ = _qkv(2, 3, G_ODD.length, 64, torch.bfloat16, seed=1, layout="blhd")
+    qb, kb = to_bhld(q, 3), to_bhld(k, 3)  # strided (B, H, L, D) views, as the launcher passes them
+    got, want = quantize_qk_triton(qb, kb, block), quantize_qk(qb, kb, block)
+    for name in ("q8", "k8", "q_scale", "k_scale", "k_mean"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
+def test_mixed_routes_with_extra_tokens_anchors_and_windows_match_the_int8_reference():
+    """Dense, sparse (window 0 and 1, anchors 0 and 5) and pooled linear heads in one call, partial last block."""
+    _check(_plan(G_EXTRA, (SPARSE, DENSE, SPARSE, LINEAR), (0, 0, 1, 0), (0, 0, 0, 0), anchors=(0, 5), block=64))
+
+
+def test_topk_and_compensation_match_the_int8_reference_with_given_and_computed_lut():
+    plan = _plan(G_ODD, (SPARSE, SPARSE, DENSE), (0, 1, 0), (1, 1, 0), anchors=(0,), compensation=True, block=64)
+    q, k, _ = _qkv(2, 3, G_ODD.length, 64, torch.bfloat16, seed=3)
+    _check(plan, batch=2, seed=3)
+    _check(plan, batch=2, seed=3, lut=topk_lut(q.float(), k.float(), plan))
+
+
+def test_linear_feature_and_no_own_block_match_the_int8_reference():
+    _check(_plan(G_EXTRA, (LINEAR, SPARSE), (0, 0), (0, 0), linear_kind="feature", block=64))
+    _check(_plan(G_ODD, (LINEAR,), (0,), (0,), linear_own_block=False, block=64), batch=2)
+
+
+def test_comfy_layout_head_dim_128_block_128_fp16_matches_the_int8_reference():
+    g = Geometry(frames=3, height=6, width=11, prefix=5, suffix=0)  # L = 203
+    plan = _plan(g, (SPARSE, LINEAR, DENSE), (0, 0, 0), (1, 0, 0), anchors=(0, 2), compensation=True, block=128)
+    _check(plan, batch=2, dim=128, dtype=torch.float16, layout="blhd")
+
+
+@pytest.mark.parametrize("descriptors", [False, True], ids=["pointer_loads", "tensor_descriptors"])
+def test_both_kv_load_paths_read_int8_keys(descriptors):
+    if descriptors and not configs.INTERPRET and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need compute capability 9.0+")
+    plan = _plan(G_EXTRA, (SPARSE, DENSE, LINEAR), (1, 0, 0), (2, 0, 0), anchors=(0, 5), compensation=True, block=64)
+    _check(plan, seed=11, _descriptors=descriptors, _config=None if configs.INTERPRET else (64, 64, 4, 2))
+
+
+def test_int8_path_differs_from_the_fp16_path_by_the_quantization_only():
+    """The kernel really runs int8: its output differs from the fp16 kernel's by more than fp16 rounding, and by about
+    the quantized reference's own distance from the fp16 reference."""
+    plan = _plan(G_ODD, (SPARSE, DENSE), (1, 0), (0, 0), anchors=(0,), block=64)
+    q, k, v = _qkv(1, 2, G_ODD.length, 64, torch.float16, seed=5)
+    int8 = fused_attention(q, k, v, plan)
+    fp16 = fused_attention(q, k, v, plan.with_precision("fp16"))
+    gap = rel_error(reference_attention(q, k, v, plan), reference_attention(q, k, v, plan.with_precision("fp16")))
+    assert rel_error(int8, fp16) > 2e-3 and abs(rel_error(int8, fp16) - gap) < 0.25 * gap, (rel_error(int8, fp16), gap)
+
+
+# -- GPU only ----------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="triton does not run compiled on cpu "
+                                "(the cases above run under TRITON_INTERPRET=1 instead)")
+WAN13B = Geometry(frames=21, height=30, width=52)  # 832x480, 81 frames: L = 32760
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["wan13b_480p_bf16", "wan13b_480p_fp16"])
+def test_full_wan13b_shape_int8_matches_the_int8_reference(dtype):
+    """Mixed routes at the real shape; bound ||out - ref|| / ||ref|| < 1e-2, as the fp16 path's GPU test."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("int8-qk needs compute capability 8.0+")
+    routes = (SPARSE, SPARSE, SPARSE, SPARSE, DENSE, LINEAR, SPARSE, SPARSE, DENSE, LINEAR, SPARSE, SPARSE)
+    window = (0, 1, 2, 1, 0, 0, 0, 1, 0, 0, 2, 0)
+    topk = (0, 0, 0, 4, 0, 0, 2, 0, 0, 0, 0, 8)
+    plan = _plan(WAN13B, routes, window, topk, anchors=(0,), compensation=True, block=128)
+    q, k, v = _qkv(1, 12, WAN13B.length, 128, dtype, seed=7, layout="blhd")
+    out = fused_attention(q, k, v, plan, heads=12)
+    ref = reference_attention(q, k, v, plan, heads=12)
+    fp16_ref = reference_attention(q, k, v, plan.with_precision("fp16"), heads=12)
+    err, gap = rel_error(out, ref), rel_error(ref, fp16_ref)
+    tier = configs.tier_for(configs.device_limits(q.device)).name
+    print(f"\nfull Wan 1.3B shape int8-qk {dtype}, tier {tier}: rel. error vs int8 reference {err:.2e} (bound 1e-2); "
+          f"int8 reference vs fp16 reference {gap:.2e}")
+    assert torch.isfinite(out).all()
+    assert err < 1e-2, f"rel error {err:.2e}"
