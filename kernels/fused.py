@@ -388,5 +388,11 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
     else:
         def grid(meta):
             return (triton.cdiv(length, meta["BLOCK_M"]), bsz * nh)
-        _kernel()[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False, **flags)
+        try:
+            _kernel()[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False, **flags)
+        except Exception as e:  # int8-qk is not yet run on a GPU here: a failure is said, not a crash of the run
+            if qs is None or isinstance(e, KernelLaunchError):
+                raise
+            raise KernelLaunchError(f"fused_attention: the int8-qk kernel failed on this device with triton "
+                                    f"{triton.__version__} ({type(e).__name__}: {str(e)[:200]})") from e
     return out

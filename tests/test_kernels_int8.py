@@ -135,3 +135,35 @@ def test_full_wan13b_shape_int8_matches_the_int8_reference(dtype):
           f"int8 reference vs fp16 reference {gap:.2e}")
     assert torch.isfinite(out).all()
     assert err < 1e-2, f"rel error {err:.2e}"
+
+
+@pytest.mark.parametrize("precision", ["int8-qk", "fp16"])
+def test_a_compiled_launch_failure_of_int8_qk_is_a_kernel_launch_error_and_fp16_failures_propagate(monkeypatch,
+                                                                                                  precision):
+    """int8-qk has not run on a GPU here yet: if its compiled launch fails, the call says so as KernelLaunchError
+    (the Patch then runs ComfyUI's attention and names the reason in its summary); fp16 errors are not masked."""
+    import importlib
+
+    from comfyui_sparseflow.sparseflow.inputs import KernelLaunchError
+
+    fused_mod = importlib.import_module("comfyui_sparseflow.kernels.fused")
+
+    class _Failing:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("PassManager::run failed (simulated)")
+            return launch
+
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    monkeypatch.setattr(configs, "launch_plan", lambda kb, vb: (0, False))
+    monkeypatch.setattr(fused_mod, "int8_device_reason", lambda q: None)
+    monkeypatch.setattr(fused_mod, "_kernel", lambda: _Failing())
+    plan = AttentionPlan(G_ODD, (SPARSE, DENSE), (0, 0), (0, 0), precision=precision, block=64)
+    q, k, v = _qkv(1, 2, G_ODD.length, 64, torch.bfloat16)
+    if precision == "int8-qk":
+        with pytest.raises(KernelLaunchError, match="int8-qk kernel failed on this device.*simulated"):
+            fused_attention(q, k, v, plan)
+    else:
+        with pytest.raises(RuntimeError, match="simulated") as info:
+            fused_attention(q, k, v, plan)
+        assert not isinstance(info.value, KernelLaunchError)
