@@ -22,3 +22,12 @@ def assert_close_report(actual: torch.Tensor, expected: torch.Tensor, atol: floa
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, e = actual.double(), expected.double()
     return float((a - e).norm() / e.norm().clamp_min(1e-30))
+
+
+def assert_kernel_matches(out: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, tol: tuple[float, float]) -> None:
+    """A kernel's output against the reference: q's shape, dtype and strides, every element within `tol`'s atol, and
+    the relative error under `tol`'s bound."""
+    atol, rel = tol
+    assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
+    assert_close_report(out, ref, atol=atol)
+    assert rel_error(out, ref) < rel, f"rel error {rel_error(out, ref):.2e} >= {rel}"

@@ -22,7 +22,7 @@ from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
 from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import assert_close_report, rel_error  # noqa: E402
+from helpers import assert_close_report, assert_kernel_matches, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # (atol on elements, bound on ||out - ref|| / ||ref||): fp32 accumulation, output rounded to the input dtype
@@ -42,10 +42,7 @@ def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", lut=None,
     heads = plan.heads if layout == "blhd" else None
     out = fused_attention(q, k, v, plan, heads=heads, lut=lut, **kw)
     ref = reference_attention(q, k, v, plan, heads=heads, lut=lut)
-    atol, rel = TOL[dtype]
-    assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
-    assert_close_report(out, ref, atol=atol)
-    assert rel_error(out, ref) < rel, f"rel error {rel_error(out, ref):.2e} >= {rel}"
+    assert_kernel_matches(out, ref, q, TOL[dtype])
 
 
 # Extra tokens on both sides: L = 7 + 8*4*12 + 9 = 400 (7 blocks of 64); no extra tokens, odd L = 8*5*9 = 360

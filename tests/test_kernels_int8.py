@@ -21,7 +21,7 @@ from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.quantize import quantize_qk  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import assert_close_report, rel_error  # noqa: E402
+from helpers import assert_kernel_matches, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the fp16 path's tolerances (tests/test_kernels.py): int8 q·k is exact in both, the rest is the same fp32 math
@@ -50,10 +50,7 @@ def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", lut=None,
     heads = plan.heads if layout == "blhd" else None
     out = fused_attention(q, k, v, plan, heads=heads, lut=lut, **kw)
     ref = reference_attention(q, k, v, plan, heads=heads, lut=lut)
-    atol, rel = TOL[dtype]
-    assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
-    assert_close_report(out, ref, atol=atol)
-    assert rel_error(out, ref) < rel, f"rel error {rel_error(out, ref):.2e} >= {rel}"
+    assert_kernel_matches(out, ref, q, TOL[dtype])
     return out
 
 

@@ -8,6 +8,8 @@
  * onRemoved. Plain ES module, no build step.
  */
 
+import { chain } from "./node_hooks.js";
+
 // ---- begin math (no DOM) ----
 
 const NODE_CLASSES = new Set(["SparseFlowCompare", "SparseFlowCompareResults"]);
@@ -125,15 +127,6 @@ class ComparePlot {
     ctx.textBaseline = "bottom";
     ctx.fillText(`frames 0-${s.psnr.length - 1}; bars ${lo.toFixed(0)}-${hi.toFixed(1)} dB`, 2, h);
   }
-}
-
-function chain(obj, name, fn) {
-  const prev = obj[name];
-  obj[name] = function (...args) {
-    const r = prev?.apply(this, args);
-    fn.apply(this, args);
-    return r;
-  };
 }
 
 function attach(node) {

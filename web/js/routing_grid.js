@@ -14,19 +14,11 @@
 
 import { nodeAtExecutionId, widget } from "./grid_graph.js";
 import { OVERRIDES, RoutingGrid, live, redrawAll } from "./grid_widget.js";
+import { chain } from "./node_hooks.js";
 
 const NODE_CLASSES = new Set(["SparseFlowRouting", "SparseFlowPatch"]);
 const WIDGET_NAME = "sparseflow_routing_grid";
 const SHAPE_WIDGETS = ["layers", "heads", "preset", "file"];
-
-function chain(obj, name, fn) {
-  const prev = obj[name];
-  obj[name] = function (...args) {
-    const r = prev?.apply(this, args);
-    fn.apply(this, args);
-    return r;
-  };
-}
 
 function attach(app, node) {
   const store = widget(node, OVERRIDES);
