@@ -96,6 +96,10 @@ def test_real_routing_run_reaches_the_grid_through_onexecuted(browser_results: d
     _assert_checks(browser_results["extra"]["real_run"], "Routing -> Save Routing prompt")
 
 
+def test_compare_plot_draws_psnr_per_frame_and_marks_nan_frames(browser_results: dict):
+    _assert_checks(browser_results["extra"]["compare_plot"], "SparseFlow Compare plot")
+
+
 def test_expert_pair_in_a_subgraph_loads_validates_and_routes_events_by_inner_id(browser_results: dict):
     _assert_checks(browser_results["extra"]["subgraph_expert_pair"], "Wan 2.2 14B experts in a subgraph")
 
@@ -128,10 +132,11 @@ def test_the_extension_is_served_and_listed(browser_results: dict, frontend: str
     assert "/extensions/SparseFlow/js/routing_grid.js" in ours and ours <= listed, ours - listed
 
 
-def test_grid_math_and_graph_unit_tests_pass_under_node():
+def test_grid_math_graph_and_compare_plot_unit_tests_pass_under_node():
     if shutil.which("node") is None:
         pytest.skip("node (Node.js >= 20) not found: cannot run tests/browser/*.test.mjs")
-    files = [str(BROWSER / "routing_math.test.mjs"), str(BROWSER / "grid_graph.test.mjs")]
+    files = [str(BROWSER / "routing_math.test.mjs"), str(BROWSER / "grid_graph.test.mjs"),
+             str(BROWSER / "compare_plot.test.mjs")]
     proc = subprocess.run(["node", "--test", *files], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout and "# pass 7" in proc.stdout, proc.stdout[-1000:]
+    assert "# fail 0" in proc.stdout and "# pass 10" in proc.stdout, proc.stdout[-1000:]

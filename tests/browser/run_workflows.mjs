@@ -20,6 +20,7 @@ import {
   Checks, ROUTE_COLORS, cellPixel, clickCell, focusNode, grids, installProbe, loadJson, nextRoute, savedState, shadeOf,
   uiProblems,
 } from "./probe.mjs";
+import { testComparePlot } from "./compare_checks.mjs";
 import { testSubgraphs } from "./subgraph_checks.mjs";
 
 const url = argValue("url", "http://127.0.0.1:8188");
@@ -254,6 +255,11 @@ try {
     results.extra.real_run = await testRealRun(page, phase, errors);
   } catch (e) {
     results.extra.real_run = { ok: false, checks: [{ name: "driver", ok: false, detail: e.stack ?? String(e) }] };
+  }
+  try {
+    results.extra.compare_plot = await testComparePlot(page, phase, errors, { out, wfDir });
+  } catch (e) {
+    results.extra.compare_plot = { ok: false, checks: [{ name: "driver", ok: false, detail: e.stack ?? String(e) }] };
   }
   Object.assign(results.extra, await testSubgraphs(page, phase, errors, { out, wfDir }));
   results.startup_errors = errors.filter((e) => e.phase === "startup");
