@@ -23,8 +23,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 rc=0
 if [[ "$STAGE" == all || "$STAGE" == tests ]]; then
     start=$(date +%s)
-    python3 -m pytest tests/test_kernels.py tests/test_ops.py -q -s -p no:cacheprovider -o addopts="-rs" \
-        --durations=8 2>&1 | tee "$OUT/tests.log"
+    python3 -m pytest tests/test_kernels.py tests/test_kernels_lse.py tests/test_ops.py -q -s -p no:cacheprovider \
+        -o addopts="-rs" --durations=8 2>&1 | tee "$OUT/tests.log"
     rc=${PIPESTATUS[0]}
     echo "run_gpu: tests exit $rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.log"
 fi

@@ -18,6 +18,9 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
 PRECISION 1 (int8-qk, spec §8): q and the mean-smoothed k arrive as int8 with one fp32 scale per spec block
 (`kernels/quant.py`); exact Q·K tiles are int8 x int8 -> int32 dots whose two block scales join the log2 softmax
 scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged.
+
+RETURN_LSE: each row's log-sum-exp (natural log, over the keys it attended, `sparseflow/partials.py`) goes to LSE
+(B, H, L) fp32, so partial results over disjoint key sets merge exactly (ring steps, keys split over ranks).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import triton.language as tl
 
 from ..sparseflow.inputs import KernelLaunchError, check_qkv, to_bhld
 from ..sparseflow.masks import topk_lut
+from ..sparseflow.partials import PartialAttention
 from ..sparseflow.plan import INT8_QK, LINEAR, SPARSE, AttentionPlan
 from ..sparseflow.quantize import int8_device_reason
 from . import configs
@@ -43,6 +47,7 @@ __all__ = ["compiled_variants", "fused_attention"]
 
 
 _LOG2E = 1.4426950408889634
+_LN2 = tl.constexpr(0.6931471805599453)
 
 
 def _fused_fwd_kernel(
@@ -50,10 +55,10 @@ def _fused_fwd_kernel(
     ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
-    qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS, TIER,
+    qk_scale, L, P, T, F, N, NSEG, KL, COMP, OWN, FEATURE, LUT_ONLY, BATCH, HEADS, TIER, LSE,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, TMA: tl.constexpr, HAS_LUT: tl.constexpr, HAS_COMP: tl.constexpr,
-    HAS_LINEAR: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_LINEAR: tl.constexpr, PRECISION: tl.constexpr, RETURN_LSE: tl.constexpr = False,
 ):
     """O[b, h, rows of one query tile] = SparseFlow attention (spec §5); see the module docstring."""
     tl.static_assert(BLOCK % BLOCK_M == 0)
@@ -268,6 +273,10 @@ def _fused_fwd_kernel(
             acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
 
     # -- epilogue: normalise and store in O's dtype and layout (feature-linear rows belong to the pre-pass)
+    if RETURN_LSE:  # m_i and log2(l_i) are log2-domain; a row with no key gets -inf
+        lse = tl.where(l_i > 0.0, (m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0))) * _LN2, float("-inf"))
+        lse_end = tl.where((eff == 2) & (FEATURE != 0), 0, L)
+        tl.store(LSE + (b64 * HEADS + h64) * L + offs_m, lse, mask=offs_m < lse_end)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     row_end = tl.where((eff == 2) & (FEATURE != 0), 0, L)
@@ -307,17 +316,20 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
                     heads: int | None = None, lut: torch.Tensor | None = None, _lut_only: bool = False,
-                    _config: tuple[int, int, int, int] | None = None, _descriptors: bool | None = None) -> torch.Tensor:
+                    return_lse: bool = False, _config: tuple[int, int, int, int] | None = None,
+                    _descriptors: bool | None = None) -> torch.Tensor | PartialAttention:
     """SparseFlow attention of one call in one fused Triton launch (plus the small pre-pass).
 
     Same contract as `sparseflow.reference.reference_attention`: (B, H, L, D) or (B, L, H*D) with `heads`,
-    fp16/bf16, D in {64, 128}; returns q's layout and dtype. `lut` is the (B, H, N, K) top-k LUT of
-    `masks.topk_lut` (computed when None and a sparse head has topk > 0). `_lut_only` (bench only) makes
-    sparse heads compute just the LUT's blocks, to time a given random block mask. `_config` ((BLOCK_M, BLOCK_N,
-    num_warps, num_stages), skipping the autotuner) is for the bench's side-by-side sweep; `_descriptors` forces the
-    K/V load path (tests: the descriptor path under the CPU interpreter). `plan.precision` "int8-qk" quantizes q and
-    the mean-smoothed k per spec block first (kernels/quant.py, spec §8) and runs Q·K in int8. The launch configs
-    and the K/V load path follow the device's tier (kernels/configs.py); a device that cannot launch any of
+    fp16/bf16, D in {64, 128}; returns q's layout and dtype, or with `return_lse` a `PartialAttention` of the
+    output as a (B, H, L, D) view in q's dtype and each row's log-sum-exp (B, H, L) fp32. `lut` is the
+    (B, H, N, K) top-k LUT of `masks.topk_lut` (computed when None and a sparse head has topk > 0).
+    `_lut_only` (bench only) makes sparse heads compute just the LUT's blocks, to time a given random block
+    mask. `_config` ((BLOCK_M, BLOCK_N, num_warps, num_stages), skipping the autotuner) is for the bench's
+    side-by-side sweep; `_descriptors` forces the K/V load path (tests: the descriptor path under the CPU
+    interpreter). `plan.precision` "int8-qk" quantizes q and the mean-smoothed k per spec block first
+    (kernels/quant.py, spec §8) and runs Q·K in int8. The launch configs and the K/V load path follow the
+    device's tier (kernels/configs.py); a device that cannot launch any of
     them raises `KernelLaunchError` with the shared memory asked and allowed.
     """
     bsz, nh, length, d = check_qkv(q, k, v, plan, heads, op="fused_attention")
@@ -350,8 +362,9 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         skm, svm = pooled_means(kb, vb, tabs.seg_start, tabs.seg_stop, linear_heads, block)
     else:
         skm = svm = qb.new_empty(1)
+    lse = torch.empty(bsz, nh, length, dtype=torch.float32, device=dev) if return_lse else qb.new_empty(1)
     if not pooled_linear and linear_heads:
-        feature_linear(qb, kb, vb, plan, linear_heads, ob)
+        feature_linear(qb, kb, vb, plan, linear_heads, ob, lse if return_lse else None)
     qs = ks = None
     if plan.precision == INT8_QK:  # int8 q and smoothed k; the pooled means are of the smoothed k too
         if not configs.INTERPRET and (why := int8_device_reason(q)):
@@ -375,8 +388,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         configs.ensure_allocator()
     # the call kind: paths a call never takes are compiled out (fewer live registers, less shared memory)
     flags = dict(TMA=tma, HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads),
-                 HAS_LINEAR=bool(linear_heads), PRECISION=int(qs is not None))
-    args = (*args, tier)
+                 HAS_LINEAR=bool(linear_heads), PRECISION=int(qs is not None), RETURN_LSE=return_lse)
+    args = (*args, tier, lse)  # LSE last: the parameters before it are as without it
     if configs.INTERPRET or _config is not None:
         if _config is None:
             cfg = configs.interpret_config()
@@ -395,4 +408,4 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
                 raise
             raise KernelLaunchError(f"fused_attention: the int8-qk kernel failed on this device with triton "
                                     f"{triton.__version__} ({type(e).__name__}: {str(e)[:200]})") from e
-    return out
+    return PartialAttention(ob, lse) if return_lse else out

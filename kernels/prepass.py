@@ -144,8 +144,9 @@ def pooled_means(k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, stops: 
 
 
 def feature_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, heads: list[int],
-                   out: torch.Tensor) -> None:
-    """Spec §5.3 `feature` for the video rows of the listed heads, written into `out` (B, H, L, D).
+                   out: torch.Tensor, lse: torch.Tensor | None = None) -> None:
+    """Spec §5.3 `feature` for the video rows of the listed heads, written into `out` (B, H, L, D); with `lse`
+    (B, H, L), the log of each row's linear normaliser there too (the merge rule of `sparseflow/partials.py`).
 
     phi = elu + 1 in fp32; S_f = sum over frame f and the extra tokens of phi(k) v^T, z_f likewise.
     Rows of query blocks with extra tokens are overwritten afterwards by the fused kernel (Rule E).
@@ -168,3 +169,5 @@ def feature_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Atte
     num = torch.einsum("bhtfd,bhtde->bhtfe", pq, s)
     den = torch.einsum("bhtfd,bhtd->bhtf", pq, z)
     out[:, idx, p:ve] = (num / den[..., None]).reshape(bsz, nh, g.video_tokens, d).to(out.dtype)
+    if lse is not None:
+        lse[:, idx, p:ve] = torch.log(den).reshape(bsz, nh, g.video_tokens)

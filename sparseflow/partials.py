@@ -18,7 +18,9 @@ __all__ = ["PartialAttention", "merge_partials"]
 
 @dataclass(frozen=True)
 class PartialAttention:
-    """One attention result: `out` (B, H, L, D) and `lse` (B, H, L), both in the same float dtype (fp32 or fp64)."""
+    """One attention result: `out` (B, H, L, D) and `lse` (B, H, L). The reference gives both in its compute dtype
+    (fp32 or fp64); the fused kernel gives `out` in q's dtype (fp16/bf16) and `lse` in fp32. Merges compute in fp32
+    or wider."""
 
     out: torch.Tensor
     lse: torch.Tensor

@@ -63,7 +63,7 @@ def shared_memory(launch: Launch, cc: int) -> int:
 
 
 def fused_launch(config: tuple[int, int, int, int], block: int, tma: bool, has_lut: bool, has_comp: bool,
-                 has_linear: bool, dtype: str = "fp16", precision: str = "fp16") -> Launch:
+                 has_linear: bool, dtype: str = "fp16", precision: str = "fp16", return_lse: bool = False) -> Launch:
     """The fused attention kernel at one config (BLOCK_M, BLOCK_N, warps, stages) and call kind, head_dim 128.
 
     precision "int8-qk": Q and K int8 with fp32 scales QS, KS (spec §8); "fp16": QS and KS are None, as the launcher
@@ -73,12 +73,13 @@ def fused_launch(config: tuple[int, int, int, int], block: int, tma: bool, has_l
     bm, bn, warps, stages = config
     int8 = precision == "int8-qk"
     ptrs = {n: dtype for n in ("Q", "K", "V", "Out", "BKM", "BVM", "SKM", "SVM")}
+    ptrs["LSE"] = "fp32" if return_lse else dtype  # without return_lse the launcher passes a 1-element stand-in
     ptrs.update({n: "i32" for n in ("LUT", "ROUTES", "WINDOW", "TOPK", "HEAD_ORDER", "ANCHORS", "SEG_FRAME",
                                     "SEG_BLOCK", "FRAME_FIRST")}, SEG_LOG2N="fp32")
     if int8:
         ptrs.update(Q="i8", K="i8", QS="fp32", KS="fp32")
     consts = dict(HEAD_DIM=128, BLOCK=block, BLOCK_M=bm, BLOCK_N=bn, UPCAST=False, TMA=tma, HAS_LUT=has_lut,
-                  HAS_COMP=has_comp, HAS_LINEAR=has_linear, PRECISION=int(int8))
+                  HAS_COMP=has_comp, HAS_LINEAR=has_linear, PRECISION=int(int8), RETURN_LSE=return_lse)
     if not int8:
         consts.update(QS=None, KS=None)
     return Launch(fused._jit_kernel, ptrs, ("qk_scale",), tuple(fused._RUNTIME_INTS), consts, warps, stages)
