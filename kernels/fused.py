@@ -17,7 +17,8 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
 
 PRECISION 1 (int8-qk, spec §8): q and the mean-smoothed k arrive as int8 with one fp32 scale per spec block
 (`kernels/quant.py`); exact Q·K tiles are int8 x int8 -> int32 dots whose two block scales join the log2 softmax
-scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged.
+scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged. PRECISION 2 (fp8): also
+exact keys' P·V in e4m3, V scaled per channel in the epilogue (`kernels/fp8.py`, `kernels/fp8_prepass.py`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ import triton.language as tl
 
 from ..sparseflow.inputs import KernelLaunchError, check_qkv, to_bhld
 from ..sparseflow.masks import topk_lut
-from ..sparseflow.plan import INT8_QK, LINEAR, SPARSE, AttentionPlan
+from ..sparseflow.plan import FP8, INT8_QK, LINEAR, PRECISIONS, SPARSE, AttentionPlan
 from ..sparseflow.quantize import int8_device_reason
 from . import configs
+from .fp8 import _fp8_values, _scale_out
+from .fp8_prepass import quantize_call
 from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
 from .quant import _logits, _pooled_operand, quantize_qk
 from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
@@ -46,7 +49,7 @@ _LOG2E = 1.4426950408889634
 
 
 def _fused_fwd_kernel(
-    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT, QS, KS,
+    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT, QS, KS, VS,
     ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
@@ -59,7 +62,7 @@ def _fused_fwd_kernel(
     tl.static_assert(BLOCK % BLOCK_M == 0)
     tl.static_assert(BLOCK % BLOCK_N == 0)
     tl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)
-    tl.static_assert(PRECISION == 0 or PRECISION == 1)
+    tl.static_assert(PRECISION == 0 or PRECISION == 1 or PRECISION == 2)
     R: tl.constexpr = BLOCK // BLOCK_N
     NEG: tl.constexpr = -1.0e30
 
@@ -84,7 +87,7 @@ def _fused_fwd_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    if PRECISION == 1:  # int8 q and k (spec §8): the query block's scale joins the softmax scale
+    if PRECISION >= 1:  # int8 q and k (spec §8): the query block's scale joins the softmax scale
         q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                     mask=offs_m[:, None] < L, other=0)
         qk_scale = qk_scale * tl.load(QS + (b64 * HEADS + h64) * N + i)
@@ -248,7 +251,7 @@ def _fused_fwd_kernel(
             k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0)
             qk = tl.where(allow, _logits(q, k, qk_scale, ks_row, start_n, BLOCK, UPCAST, PRECISION), NEG)
             v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0)
-            v = _op(v, UPCAST)
+            v = _fp8_values(v, Out, UPCAST, PRECISION)
             acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, v)
         # -- pooled segments (frame f, block j) of the query's frame, logit + log2(n)
         g0 = tl.load(FRAME_FIRST + flo)
@@ -269,7 +272,7 @@ def _fused_fwd_kernel(
 
     # -- epilogue: normalise and store in O's dtype and layout (feature-linear rows belong to the pre-pass)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_i[:, None]
+    out = _scale_out(acc / l_i[:, None], VS, b64 * HEADS + h64, HEAD_DIM, PRECISION)
     row_end = tl.where((eff == 2) & (FEATURE != 0), 0, L)
     o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < row_end)
@@ -352,7 +355,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         skm = svm = qb.new_empty(1)
     if not pooled_linear and linear_heads:
         feature_linear(qb, kb, vb, plan, linear_heads, ob)
-    qs = ks = None
+    qs = ks = vs = None
     if plan.precision == INT8_QK:  # int8 q and smoothed k; the pooled means are of the smoothed k too
         if not configs.INTERPRET and (why := int8_device_reason(q)):
             raise KernelLaunchError(f"fused_attention: {why}")
@@ -360,9 +363,12 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         qb, kb, qs, ks = qz.q8, qz.k8, qz.q_scale, qz.k_scale
         shift = qz.k_mean[:, :, None]
         bkm, skm = ((m.float() - shift).to(m.dtype) if m.dim() == 4 else m for m in (bkm, skm))
+    elif plan.precision == FP8:  # as int8-qk, plus e4m3 v per channel; pooled v means in units of its scale
+        z = quantize_call(q, qb, kb, vb, (bkm, bvm, skm, svm), block)
+        qb, kb, vb, qs, ks, vs, (bkm, bvm, skm, svm) = z.q8, z.k8, z.v8, z.q_scale, z.k_scale, z.v_scale, z.means
 
     qk_scale = plan.softmax_scale(d) * _LOG2E
-    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, qs, ks, pt["routes"], pt["window"], pt["topk"],
+    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, qs, ks, vs, pt["routes"], pt["window"], pt["topk"],
             pt["head_order"], pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
             qb.stride(0), qb.stride(1), qb.stride(2), kb.stride(0), kb.stride(1), kb.stride(2),
             vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
@@ -375,7 +381,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         configs.ensure_allocator()
     # the call kind: paths a call never takes are compiled out (fewer live registers, less shared memory)
     flags = dict(TMA=tma, HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads),
-                 HAS_LINEAR=bool(linear_heads), PRECISION=int(qs is not None))
+                 HAS_LINEAR=bool(linear_heads), PRECISION=PRECISIONS.index(plan.precision))
     args = (*args, tier)
     if configs.INTERPRET or _config is not None:
         if _config is None:
@@ -390,9 +396,9 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             return (triton.cdiv(length, meta["BLOCK_M"]), bsz * nh)
         try:
             _kernel()[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False, **flags)
-        except Exception as e:  # int8-qk is not yet run on a GPU here: a failure is said, not a crash of the run
+        except Exception as e:  # int8-qk / fp8 not yet run on a GPU here: a failure is said, not a crash of the run
             if qs is None or isinstance(e, KernelLaunchError):
                 raise
-            raise KernelLaunchError(f"fused_attention: the int8-qk kernel failed on this device with triton "
+            raise KernelLaunchError(f"fused_attention: the {plan.precision} kernel failed on this device with triton "
                                     f"{triton.__version__} ({type(e).__name__}: {str(e)[:200]})") from e
     return out
