@@ -57,8 +57,9 @@ def _pv_fp8(acc, m_i, l_i, qk, qk_scale, v, UPCAST: tl.constexpr):
     m_ij = tl.maximum(m_i, tl.math.ceil(tl.max(qk, 1) * qk_scale) - _P_SHIFT)
     p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
     alpha = tl.math.exp2(m_i - m_ij)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(_to_e4m3(p, UPCAST), v, acc)
+    # two-level accumulation (SageAttention 2 §4.4): the e4m3 MMA's own accumulator keeps fewer bits than fp32 on
+    # sm_89/sm_90, so each tile's P·V starts from zero and is added to the running fp32 acc in registers
+    acc = acc * alpha[:, None] + tl.dot(_to_e4m3(p, UPCAST), v)
     l_i = l_i * alpha + tl.sum(p, 1)
     return acc, m_ij, l_i
 
