@@ -3,9 +3,9 @@
 For each target of ANCHORS.md (sm_80 A100, sm_86/89/120 RTX 30/40/50, sm_90 H100/H200, sm_100 B200) each kernel is
 compiled on this CPU machine for that target (tests/cross_compile.py) with every config the autotuner would keep
 there (kernels/configs.py: the device's tier, each spec block, each call kind, each precision: fp16 and int8-qk,
-spec §8; fp8 in tests/test_launch_targets_fp8.py) and the launch's shared memory must be within the target's opt-in limit; every target keeps at least one
-config per spec block (64 and 128). Compiles run in two spawned processes (about 4 minutes on 2 cores; Triton caches
-them on disk for later runs).
+spec §8; fp8 in tests/test_launch_targets_fp8.py) and the launch's shared memory must be within the target's
+opt-in limit; every target keeps at least one config per spec block (64 and 128). Compiles run in two spawned
+processes (about 4 minutes on 2 cores; Triton caches them on disk for later runs).
 """
 
 from __future__ import annotations
