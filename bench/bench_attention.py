@@ -17,10 +17,11 @@ Rows per shape:
   structural block mask;
 - all-linear routing (SparseFlow), to compare a linear head with a dense head.
 
-`--precision fp16,int8-qk` runs every SparseFlow row once per Q·K precision (spec §8; provider suffix
-`[int8-qk]`), and `--tiers` once per launch tier, so one command times fp16 against int8-qk with the device's
-configs and the 99 KiB consumer set. FLOPs and % peak stay those of the bf16 formula (the int8 matmul peak,
-torch._int_mm 8192^3, is printed and kept in the JSON as `int8_peak_tops`).
+`--precision fp16,int8-qk,fp8` runs every SparseFlow row once per precision (spec §8; provider suffix
+`[int8-qk]`, `[fp8]`), and `--tiers` once per launch tier, so one command times fp16 against int8-qk and fp8 with the
+device's configs and the 99 KiB consumer set. FLOPs and % peak stay those of the bf16 formula (the int8 matmul peak,
+torch._int_mm 8192^3, and the e4m3 one, torch._scaled_mm 8192^3, are printed and kept in the JSON as
+`int8_peak_tops` and `fp8_peak_tflops`).
 
     python bench/bench_attention.py --shapes wan13b_480p,wan13b_480p_b2 --out $OUT/bench
 """
@@ -35,12 +36,12 @@ import time
 from pathlib import Path
 
 import torch
-from bench_setup import BLOCK, SHAPES, D, bench, environment, int8_peak, make_inputs, matmul_peak
+from bench_setup import BLOCK, SHAPES, D, bench, environment, fp8_peak, int8_peak, make_inputs, matmul_peak
 from comfyui_sparseflow.kernels import configs, fused_attention
 from comfyui_sparseflow.kernels.fused import _kernel as fused_kernel
 from comfyui_sparseflow.sparseflow import ops
 from comfyui_sparseflow.sparseflow.masks import pair_counts, structural_block_mask
-from comfyui_sparseflow.sparseflow.plan import DENSE, FP16, LINEAR, PRECISIONS, SPARSE, AttentionPlan, uniform_plan
+from comfyui_sparseflow.sparseflow.plan import DENSE, FP8, FP16, LINEAR, PRECISIONS, SPARSE, AttentionPlan, uniform_plan
 
 DENSITIES = (0.05, 0.10, 0.20)
 WINDOWS = (0, 1, 2)
@@ -243,6 +244,9 @@ def main() -> None:
     ipeak = int8_peak() if precisions != (FP16,) else 0.0
     if ipeak:
         print(f"bench: int8 matmul 8192^3 peak {ipeak:.1f} TOP/s (torch._int_mm)", flush=True)
+    fpeak = fp8_peak() if FP8 in precisions else 0.0
+    if fpeak:
+        print(f"bench: e4m3 matmul 8192^3 peak {fpeak:.1f} TFLOP/s (torch._scaled_mm)", flush=True)
     rows: list = []
     providers = set(a.providers.split(",")) if a.providers else None
     tiers = a.tiers.split(",") if a.tiers else [None]
@@ -250,7 +254,7 @@ def main() -> None:
         run_shape(name, peak, peers, reasons, providers, rows, env, tiers, precisions)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps({"env": env, "peak_tflops": peak, "int8_peak_tops": round(ipeak, 1),
-                                                 "rows": rows}, indent=1))
+                                                 "fp8_peak_tflops": round(fpeak, 1), "rows": rows}, indent=1))
     md = table(rows)
     Path(a.out + ".md").write_text(md + "\n")
     print(f"\nbf16 matmul peak {peak:.1f} TFLOP/s; {env}\n{md}")

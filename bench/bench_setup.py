@@ -22,7 +22,7 @@ __import__("pack_package").load_pack_package()
 
 from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
 
-__all__ = ["BLOCK", "D", "SHAPES", "bench", "environment", "int8_peak", "make_inputs", "matmul_peak"]
+__all__ = ["BLOCK", "D", "SHAPES", "bench", "environment", "fp8_peak", "int8_peak", "make_inputs", "matmul_peak"]
 
 SHAPES = {  # name: (batch, heads, geometry); D = 128
     "wan13b_480p": (1, 12, Geometry(21, 30, 52)),
@@ -64,6 +64,19 @@ def int8_peak() -> float:
         ms = triton.testing.do_bench(lambda: torch._int_mm(a, b), warmup=100, rep=500, return_mode="median")
         return 2 * 8192 ** 3 / ms / 1e9
     except Exception:  # noqa: BLE001 - a device or build without int8 matmul: no int8 peak
+        return 0.0
+
+
+def fp8_peak() -> float:
+    """e4m3 matmul peak (TFLOP/s) of torch._scaled_mm at 8192^3, fp32 scales, bf16 out; 0 where it does not run."""
+    try:
+        a = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn)
+        b = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants
+        one = torch.ones((), device="cuda")
+        ms = triton.testing.do_bench(lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16), warmup=100,
+                                     rep=500, return_mode="median")
+        return 2 * 8192 ** 3 / ms / 1e9
+    except Exception:  # noqa: BLE001 - a device or build without e4m3 matmul: no fp8 peak
         return 0.0
 
 

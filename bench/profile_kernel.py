@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pack loader, as tests load it
 __import__("pack_package").load_pack_package()
 
-from comfyui_sparseflow.kernels.fused import fused_attention  # noqa: E402
+from comfyui_sparseflow.kernels import fused_attention  # noqa: E402
 from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 

@@ -1,9 +1,10 @@
-"""Error of the int8-qk path (spec §8) against the fp16 path and against dense attention, on CPU.
+"""Error of the int8-qk and fp8 paths (spec §8) against the fp16 path and against dense attention, on CPU.
 
 The structured synthetic heads (`sparseflow.synthetic`: local -> sparse, smooth -> linear, global -> dense), each on
 its natural route and on the dense route (the quantization alone), through the PyTorch reference operator: the
-int8-qk reference is the math the kernel computes (the kernel equals it to fp16 rounding, tests/test_kernels_int8.py),
-so these are the kernel's int8 errors, measured without a GPU. Errors are ||a - b|| / ||b|| over all elements.
+int8-qk and fp8 references are the math the kernel computes (the kernel equals them to fp16 rounding under the CPU
+interpreter, tests/test_kernels_int8.py, tests/test_kernels_fp8.py), so these are the kernel's errors, measured
+without a GPU. Errors are ||a - b|| / ||b|| over all elements.
 
     python3 bench/quant_error.py [--frames 9 --height 8 --width 16 --seeds 3]
 """
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pa
 __import__("pack_package").load_pack_package()
 
 from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
-from comfyui_sparseflow.sparseflow.plan import DENSE, FP16, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, FP8, FP16, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import dense_attention, reference_attention  # noqa: E402
 from comfyui_sparseflow.sparseflow.synthetic import structured_qkv  # noqa: E402
 
@@ -33,15 +34,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def measure(g: Geometry, kind: str, route: int, block: int, seed: int) -> dict[str, float]:
-    """Errors of one head kind on one route: int8-qk vs fp16 path, and each vs dense attention, on bf16-rounded inputs
-    computed in fp32 (the kernels' math, without their output rounding)."""
+    """Errors of one head kind on one route: int8-qk and fp8 vs fp16 path, and each vs dense attention, on
+    bf16-rounded inputs computed in fp32 (the kernels' math, without their output rounding)."""
     q, k, v = (t.to(torch.bfloat16).float() for t in structured_qkv(g, (kind,), dim=128, seed=seed))  # bf16 inputs
     plans = {p: AttentionPlan(g, (route,), (1,), (2,), anchors=(0,), compensation=True, block=block, precision=p)
-             for p in (FP16, INT8_QK)}
+             for p in (FP16, INT8_QK, FP8)}
     out = {p: reference_attention(q, k, v, plan) for p, plan in plans.items()}
     dense = dense_attention(q, k, v)
-    return {"int8_vs_fp16": _rel(out[INT8_QK], out[FP16]), "fp16_vs_dense": _rel(out[FP16], dense),
-            "int8_vs_dense": _rel(out[INT8_QK], dense)}
+    return {"int8_vs_fp16": _rel(out[INT8_QK], out[FP16]), "fp8_vs_fp16": _rel(out[FP8], out[FP16]),
+            "fp16_vs_dense": _rel(out[FP16], dense), "int8_vs_dense": _rel(out[INT8_QK], dense),
+            "fp8_vs_dense": _rel(out[FP8], dense)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,15 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     g = Geometry(args.frames, args.height, args.width)
     print(f"geometry {args.frames}x{args.height}x{args.width} (L = {g.length}), head dim 128, bf16 inputs, "
           f"mean over seeds 0..{args.seeds - 1}; errors ||a - b|| / ||b||")
-    print("| head | route | block | int8-qk vs fp16 path | fp16 path vs dense | int8-qk vs dense |")
-    print("|---|---|---|---|---|---|")
+    print("| head | route | block | int8-qk vs fp16 path | fp8 vs fp16 path | fp16 path vs dense | int8-qk vs dense | "
+          "fp8 vs dense |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind, (natural, label) in ROUTES.items():
         for route, name in ((natural, label), (DENSE, "dense")) if natural != DENSE else ((DENSE, label),):
             for block in (64, 128):
                 rows = [measure(g, kind, route, block, s) for s in range(args.seeds)]
                 mean = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
-                print(f"| {kind} | {name} | {block} | {mean['int8_vs_fp16']:.2e} | {mean['fp16_vs_dense']:.2e} | "
-                      f"{mean['int8_vs_dense']:.2e} |")
+                print(f"| {kind} | {name} | {block} | {mean['int8_vs_fp16']:.2e} | {mean['fp8_vs_fp16']:.2e} | "
+                      f"{mean['fp16_vs_dense']:.2e} | {mean['int8_vs_dense']:.2e} | {mean['fp8_vs_dense']:.2e} |")
 
 
 if __name__ == "__main__":

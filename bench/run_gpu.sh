@@ -9,8 +9,9 @@
 #          (TIER_PARTS="tests bench sweep" picks parts; TEST_TIERS, TIERS, TIER_SHAPES pick tiers and shapes)
 #   profile: Nsight Compute on one launch per case of bench/profile_kernel.py (CASES=w0_13b,dense_13b,w0_14b)
 #   prologue: the fused QK-norm + RoPE prologue against ComfyUI's code path (bench/bench_prologue.py)
-#   int8: the int8-qk path (spec §8): its GPU tests against the quantized reference, then the bench's SparseFlow rows
-#         at fp16 and int8-qk with the hopper and the 99 KiB consumer configs (TIERS, INT8_SHAPES pick them)
+#   int8: the int8-qk and fp8 paths (spec §8): their GPU tests against the quantized references, then the bench's
+#         SparseFlow rows at fp16, int8-qk and fp8 with the hopper and the 99 KiB consumer configs (TIERS, INT8_SHAPES
+#         pick them; PRECISIONS=fp16,int8-qk narrows the precisions)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench_out}"
@@ -68,11 +69,11 @@ if [[ "$STAGE" == profile ]]; then
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 if [[ "$STAGE" == int8 ]]; then
-    python3 -m pytest tests/test_kernels_int8.py tests/test_quantize.py -q -s -p no:cacheprovider -o addopts="-rs" \
-        2>&1 | tee "$OUT/tests_int8.log"
+    python3 -m pytest tests/test_kernels_int8.py tests/test_quantize.py tests/test_kernels_fp8.py tests/test_fp8.py \
+        -q -s -p no:cacheprovider -o addopts="-rs" 2>&1 | tee "$OUT/tests_int8.log"
     rc=${PIPESTATUS[0]}
     python3 bench/bench_attention.py --shapes "${INT8_SHAPES:-wan13b_480p,wan14b_720p}" --providers sdpa_default,sage \
-        --precision fp16,int8-qk --tiers "${TIERS:-hopper,consumer}" --out "$OUT/bench_int8" 2>&1 \
+        --precision "${PRECISIONS:-fp16,int8-qk,fp8}" --tiers "${TIERS:-hopper,consumer}" --out "$OUT/bench_int8" 2>&1 \
         | tee "$OUT/bench_int8.log"
     rc=$(( rc | PIPESTATUS[0] ))
 fi

@@ -3,6 +3,6 @@
 Importing this package needs triton; `sparseflow.ops` imports it lazily and records why when it cannot.
 """
 
-from .fused import fused_attention
+from .launch import fused_attention
 
 __all__ = ["fused_attention"]

@@ -46,7 +46,8 @@ class LaunchConfig:
     """One launch of the fused kernel: query rows and keys per tile, warps, software-pipeline stages.
 
     `with_lut=False`: not for calls with a top-k LUT (that path's second pipelined loop needs more memory).
-    `with_int8=False`: not for precision int8-qk (spec §8), where it compiles to more than its tier allows.
+    `with_int8=False`: not for precision int8-qk or fp8 (spec §8), where it compiles to more than its tier allows;
+    `with_fp8=False`: not for precision fp8 alone (tests/test_launch_targets_fp8.py).
     """
 
     block_m: int
@@ -55,6 +56,7 @@ class LaunchConfig:
     stages: int
     with_lut: bool = True
     with_int8: bool = True
+    with_fp8: bool = True
 
     def triton(self) -> triton.Config:
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, num_warps=self.warps,
@@ -75,9 +77,10 @@ class Tier:
 
 C = LaunchConfig
 TIERS = (
-    # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history)
+    # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history); at fp8 it
+    # compiles to 245760 B with compensation and linear heads (triton 3.8)
     Tier("hopper", 232448, (9,), True,
-         (C(128, 128, 8, 3), C(128, 64, 8, 3)),
+         (C(128, 128, 8, 3, with_fp8=False), C(128, 64, 8, 3)),
          (C(64, 64, 4, 3), C(64, 64, 4, 4))),
     # B200 (sm_100): the same budget, but 128/128/8/3 compiles to 544 B over it there (tcgen05 MMA)
     Tier("blackwell", 232448, (10,), True,
@@ -88,9 +91,9 @@ TIERS = (
          (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
     # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
-    # kernel: 114688 B on sm_120, triton 3.8)
+    # kernel: 114688 B on sm_120, triton 3.8); at fp8 128/64/8/3 takes 114688 B on sm_89 and sm_120
     Tier("consumer", 101376, (), False,
-         (C(128, 64, 8, 3), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
+         (C(128, 64, 8, 3, with_fp8=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
     # 64 KiB parts (sm_75 T4 and the like)
     Tier("small", 0, (), False,
@@ -139,11 +142,12 @@ def use_descriptors(limits: DeviceLimits, tier: Tier) -> bool:
         and hasattr(triton, "set_allocator")
 
 
-def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False) -> list[LaunchConfig]:
-    """The tier's configs for a spec block (tiles dividing it), call kind and precision (int8: int8-qk)."""
+def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False, fp8: bool = False) -> list[LaunchConfig]:
+    """The tier's configs for a spec block (tiles dividing it), call kind and precision (int8: int8-qk or fp8, whose
+    Q·K is int8; fp8: fp8)."""
     listed = tier.block128 if block == 128 else tier.block64
     return [c for c in listed if block % c.block_m == 0 and block % c.block_n == 0 and (c.with_lut or not has_lut)
-            and (c.with_int8 or not int8)]
+            and (c.with_int8 or not (int8 or fp8)) and (c.with_fp8 or not fp8)]
 
 
 def interpret_config() -> dict:
@@ -161,7 +165,8 @@ def keep(configs, named_args, **kwargs) -> list:
     limits = device_limits(args["Q"].device)
     tier = TIERS[args["TIER"]]
     wanted = {(c.block_m, c.block_n, c.warps, c.stages)
-              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]))}
+              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]),
+                                      args["PRECISION"] == 2)}
     fits, needs = [], []
     for c in configs:
         key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)

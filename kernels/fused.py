@@ -17,7 +17,8 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
 
 PRECISION 1 (int8-qk, spec §8): q and the mean-smoothed k arrive as int8 with one fp32 scale per spec block
 (`kernels/quant.py`); exact Q·K tiles are int8 x int8 -> int32 dots whose two block scales join the log2 softmax
-scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged.
+scale, pooled means are dotted with q's int8 values in the input dtype; P·V is unchanged. PRECISION 2 (fp8): also
+exact keys' P·V in e4m3, V scaled per channel in the epilogue (`kernels/fp8.py`, `kernels/fp8_prepass.py`).
 
 RETURN_LSE: each row's log-sum-exp (natural log, over the keys it attended, `sparseflow/partials.py`) goes to LSE
 (B, H, L) fp32, so partial results over disjoint key sets merge exactly (ring steps, keys split over ranks).
@@ -26,24 +27,17 @@ RETURN_LSE: each row's log-sum-exp (natural log, over the keys it attended, `spa
 from __future__ import annotations
 
 import inspect
-import math
 
-import torch
 import triton
 import triton.language as tl
 
-from ..sparseflow.inputs import KernelLaunchError, check_qkv, to_bhld
-from ..sparseflow.masks import topk_lut
-from ..sparseflow.partials import PartialAttention
-from ..sparseflow.plan import INT8_QK, LINEAR, SPARSE, AttentionPlan
-from ..sparseflow.quantize import int8_device_reason
 from . import configs
-from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
-from .quant import _logits, _pooled_operand, quantize_qk
+from .fp8 import _fp8_values, _scale_out
+from .quant import _logits, _pooled_operand
 from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
 from .tiles import _key_tile, _online_update, _op
 
-__all__ = ["compiled_variants", "fused_attention"]
+__all__ = ["compiled_variants"]
 
 
 _LOG2E = 1.4426950408889634
@@ -51,7 +45,7 @@ _LN2 = tl.constexpr(0.6931471805599453)
 
 
 def _fused_fwd_kernel(
-    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT, QS, KS,
+    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT, QS, KS, VS,
     ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
@@ -64,7 +58,7 @@ def _fused_fwd_kernel(
     tl.static_assert(BLOCK % BLOCK_M == 0)
     tl.static_assert(BLOCK % BLOCK_N == 0)
     tl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)
-    tl.static_assert(PRECISION == 0 or PRECISION == 1)
+    tl.static_assert(PRECISION == 0 or PRECISION == 1 or PRECISION == 2)
     R: tl.constexpr = BLOCK // BLOCK_N
     NEG: tl.constexpr = -1.0e30
 
@@ -89,7 +83,7 @@ def _fused_fwd_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    if PRECISION == 1:  # int8 q and k (spec §8): the query block's scale joins the softmax scale
+    if PRECISION >= 1:  # int8 q and k (spec §8): the query block's scale joins the softmax scale
         q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                     mask=offs_m[:, None] < L, other=0)
         qk_scale = qk_scale * tl.load(QS + (b64 * HEADS + h64) * N + i)
@@ -253,7 +247,7 @@ def _fused_fwd_kernel(
             k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0)
             qk = tl.where(allow, _logits(q, k, qk_scale, ks_row, start_n, BLOCK, UPCAST, PRECISION), NEG)
             v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0)
-            v = _op(v, UPCAST)
+            v = _fp8_values(v, Out, UPCAST, PRECISION)
             acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, v)
         # -- pooled segments (frame f, block j) of the query's frame, logit + log2(n)
         g0 = tl.load(FRAME_FIRST + flo)
@@ -278,7 +272,7 @@ def _fused_fwd_kernel(
         lse_end = tl.where((eff == 2) & (FEATURE != 0), 0, L)
         tl.store(LSE + (b64 * HEADS + h64) * L + offs_m, lse, mask=offs_m < lse_end)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_i[:, None]
+    out = _scale_out(acc / l_i[:, None], VS, b64 * HEADS + h64, HEAD_DIM, PRECISION)
     row_end = tl.where((eff == 2) & (FEATURE != 0), 0, L)
     o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < row_end)
@@ -308,104 +302,3 @@ def compiled_variants() -> int:
     """Number of compiled variants of the fused kernel in this process (all devices, all configs)."""
     caches = getattr(_jit_kernel, "device_caches", {})
     return sum(len(entry[0]) for entry in caches.values())
-
-
-def _unit_stride(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *,
-                    heads: int | None = None, lut: torch.Tensor | None = None, _lut_only: bool = False,
-                    return_lse: bool = False, _config: tuple[int, int, int, int] | None = None,
-                    _descriptors: bool | None = None) -> torch.Tensor | PartialAttention:
-    """SparseFlow attention of one call in one fused Triton launch (plus the small pre-pass).
-
-    Same contract as `sparseflow.reference.reference_attention`: (B, H, L, D) or (B, L, H*D) with `heads`,
-    fp16/bf16, D in {64, 128}; returns q's layout and dtype, or with `return_lse` a `PartialAttention` of the
-    output as a (B, H, L, D) view in q's dtype and each row's log-sum-exp (B, H, L) fp32. `lut` is the
-    (B, H, N, K) top-k LUT of `masks.topk_lut` (computed when None and a sparse head has topk > 0).
-    `_lut_only` (bench only) makes sparse heads compute just the LUT's blocks, to time a given random block
-    mask. `_config` ((BLOCK_M, BLOCK_N, num_warps, num_stages), skipping the autotuner) is for the bench's
-    side-by-side sweep; `_descriptors` forces the K/V load path (tests: the descriptor path under the CPU
-    interpreter). `plan.precision` "int8-qk" quantizes q and the mean-smoothed k per spec block first
-    (kernels/quant.py, spec §8) and runs Q·K in int8. The launch configs and the K/V load path follow the
-    device's tier (kernels/configs.py); a device that cannot launch any of
-    them raises `KernelLaunchError` with the shared memory asked and allowed.
-    """
-    bsz, nh, length, d = check_qkv(q, k, v, plan, heads, op="fused_attention")
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"fused_attention: q dtype must be float16 or bfloat16, got {q.dtype}")
-    g, block = plan.geometry, plan.block
-    dev = q.device
-    qb, kb, vb = (_unit_stride(to_bhld(t, nh)) for t in (q, k, v))
-    out = torch.empty_like(q) if q.stride(-1) == 1 else torch.empty(q.shape, dtype=q.dtype, device=dev)
-    ob = to_bhld(out, nh)
-    tabs = geometry_tables(g, block, dev)
-    pt = plan_tensors(plan, dev)
-    sparse_heads = [h for h, r in enumerate(plan.routes) if r == SPARSE]
-    linear_heads = [h for h, r in enumerate(plan.routes) if r == LINEAR]
-    pooled_linear = plan.linear_kind == "pooled"
-
-    if lut is None and any(plan.topk[h] for h in sparse_heads):
-        lut = topk_lut(qb, kb, plan)
-    if lut is None:
-        lut_t, kl = torch.full((1,), -1, dtype=torch.int32, device=dev), 0
-    else:
-        lut_t, kl = lut.to(device=dev, dtype=torch.int32).contiguous(), lut.shape[-1]
-        if lut_t.shape[:3] != (bsz, nh, tabs.n):
-            raise ValueError(f"fused_attention: lut shape {tuple(lut.shape)} must be ({bsz}, {nh}, {tabs.n}, K)")
-    if plan.compensation and sparse_heads:
-        bkm, bvm = pooled_means(kb, vb, tabs.blk_start, tabs.blk_stop, sparse_heads, block)
-    else:
-        bkm = bvm = qb.new_empty(1)
-    if pooled_linear and linear_heads:
-        skm, svm = pooled_means(kb, vb, tabs.seg_start, tabs.seg_stop, linear_heads, block)
-    else:
-        skm = svm = qb.new_empty(1)
-    lse = torch.empty(bsz, nh, length, dtype=torch.float32, device=dev) if return_lse else qb.new_empty(1)
-    if not pooled_linear and linear_heads:
-        feature_linear(qb, kb, vb, plan, linear_heads, ob, lse if return_lse else None)
-    qs = ks = None
-    if plan.precision == INT8_QK:  # int8 q and smoothed k; the pooled means are of the smoothed k too
-        if not configs.INTERPRET and (why := int8_device_reason(q)):
-            raise KernelLaunchError(f"fused_attention: {why}")
-        qz = quantize_qk(qb, kb, block)
-        qb, kb, qs, ks = qz.q8, qz.k8, qz.q_scale, qz.k_scale
-        shift = qz.k_mean[:, :, None]
-        bkm, skm = ((m.float() - shift).to(m.dtype) if m.dim() == 4 else m for m in (bkm, skm))
-
-    qk_scale = plan.softmax_scale(d) * _LOG2E
-    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, qs, ks, pt["routes"], pt["window"], pt["topk"],
-            pt["head_order"], pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
-            qb.stride(0), qb.stride(1), qb.stride(2), kb.stride(0), kb.stride(1), kb.stride(2),
-            vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
-            qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
-            int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
-    tier, tma = (0, False) if configs.INTERPRET else configs.launch_plan(kb, vb)
-    if _descriptors is not None:
-        tma = _descriptors
-    if tma and not configs.INTERPRET:
-        configs.ensure_allocator()
-    # the call kind: paths a call never takes are compiled out (fewer live registers, less shared memory)
-    flags = dict(TMA=tma, HAS_LUT=kl > 0, HAS_COMP=bool(plan.compensation and sparse_heads),
-                 HAS_LINEAR=bool(linear_heads), PRECISION=int(qs is not None), RETURN_LSE=return_lse)
-    args = (*args, tier, lse)  # LSE last: the parameters before it are as without it
-    if configs.INTERPRET or _config is not None:
-        if _config is None:
-            cfg = configs.interpret_config()
-        else:
-            cfg = dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), _config))
-        grid = (math.ceil(length / cfg["BLOCK_M"]), bsz * nh)
-        _jit_kernel[grid](*args, HEAD_DIM=d, BLOCK=block, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                          UPCAST=configs.INTERPRET, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **flags)
-    else:
-        def grid(meta):
-            return (triton.cdiv(length, meta["BLOCK_M"]), bsz * nh)
-        try:
-            _kernel()[grid](*args, HEAD_DIM=d, BLOCK=block, UPCAST=False, **flags)
-        except Exception as e:  # int8-qk is not yet run on a GPU here: a failure is said, not a crash of the run
-            if qs is None or isinstance(e, KernelLaunchError):
-                raise
-            raise KernelLaunchError(f"fused_attention: the int8-qk kernel failed on this device with triton "
-                                    f"{triton.__version__} ({type(e).__name__}: {str(e)[:200]})") from e
-    return PartialAttention(ob, lse) if return_lse else out

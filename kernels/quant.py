@@ -80,9 +80,9 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
 def _logits(q, k, qk_scale, ks_row, start_n, BLOCK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """Scaled log2-domain logits of a query tile and a key tile [start_n, start_n + BLOCK_N) (k as (D, BLOCK_N)).
 
-    PRECISION 1 (int8-qk): int8 x int8 -> int32 dot, then the key tile's block scale times qk_scale (which already
-    holds the query block's scale); else the input dtype's dot times qk_scale."""
-    if PRECISION == 1:
+    PRECISION 1 (int8-qk) and 2 (fp8): int8 x int8 -> int32 dot, then the key tile's block scale times qk_scale (which
+    already holds the query block's scale); else the input dtype's dot times qk_scale."""
+    if PRECISION >= 1:
         return tl.dot(q, k).to(tl.float32) * (qk_scale * tl.load(ks_row + start_n // BLOCK))
     else:
         return tl.dot(q, _op(k, UPCAST)) * qk_scale

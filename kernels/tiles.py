@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .fp8 import _pv_fp8
+
 __all__ = ["_key_tile", "_online_update", "_op"]
 
 
@@ -45,7 +47,8 @@ def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, st
     scale > 0), and the l update follows the PV dot (Triton 06). TMA: K and V tiles come through tensor
     descriptors (rows >= L read as zeros); else through pointers, masked only when MASKED. PRECISION 1 (int8-qk,
     spec §8): q and k are int8, the dot is int32, and the key tile's block scale (`ks_row`: this head's k scales,
-    one per spec block of BLOCK tokens) joins qk_scale.
+    one per spec block of BLOCK tokens) joins qk_scale. PRECISION 2 (fp8): int8 Q·K as 1, then P·V in e4m3
+    (`kernels/fp8.py` `_pv_fp8`; v is e4m3).
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if TMA:
@@ -61,14 +64,17 @@ def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, st
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
-    v = _op(v, UPCAST)
-    if PRECISION == 1:
+    if PRECISION != 2:
+        v = _op(v, UPCAST)
+    if PRECISION >= 1:
         qk = tl.dot(q, k).to(tl.float32)
         qk_scale = qk_scale * tl.load(ks_row + start_n // BLOCK)
     else:
         qk = tl.dot(q, _op(k, UPCAST))
     if MASKED:
         qk = tl.where((offs_n < lim)[None, :], qk, -1.0e30)
+    if PRECISION == 2:
+        return _pv_fp8(acc, m_i, l_i, qk, qk_scale, v, UPCAST)
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
     alpha = tl.math.exp2(m_i - m_ij)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..sparseflow.plan import BLOCKS, FP16, INT8_QK, LINEAR_KINDS, PRECISIONS
+from ..sparseflow.plan import BLOCKS, FP8, FP16, INT8_QK, LINEAR_KINDS, PRECISIONS
 from ..sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
 from ..sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
 from .config import SPARSEFLOW_KEY, PatchConfig
@@ -91,13 +91,17 @@ def check_backend(backend: str) -> None:
 
 
 def check_precision(precision: str) -> None:
-    """Raise ValueError when `precision` is unknown, or int8-qk on a CUDA device without int8 tensor cores."""
+    """Raise ValueError when `precision` is unknown, or int8-qk / fp8 on a CUDA device without int8 / e4m3 tensor
+    cores."""
+    from ..sparseflow.fp8 import fp8_device_reason
     from ..sparseflow.quantize import int8_device_reason
 
     if precision not in PRECISIONS:
         raise ValueError(f"SparseFlow: precision must be one of {', '.join(PRECISIONS)}; got '{precision}'")
     if precision == INT8_QK and (why := int8_device_reason()):
         raise ValueError(f"SparseFlow: {why}")
+    if precision == FP8 and (why := fp8_device_reason()):
+        raise ValueError(f"SparseFlow: input 'precision': {why}")
 
 
 def resolve_routing(routing: RoutingMap | None, overrides: str | Mapping[str, str], info: WanInfo) -> RoutingMap:
@@ -128,7 +132,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     running the fused QK-norm + RoPE prologue (nodes/prologue.py); with `fuse_block_norms`, the block patches run
     each block's residual adds + LayerNorms fused (nodes/fused_block.py). Both follow the ComfyUI forward a behaviour
     check matches at the first model call (nodes/forwards/); where none matches, ComfyUI's own code runs and the log
-    and the run summary say why. `precision` "int8-qk" runs Q·K of sparse, linear and mixed calls in int8 (spec §8).
+    and the run summary say why. `precision` "int8-qk" runs Q·K of sparse, linear and mixed calls in int8, "fp8" also
+    their exact keys' P·V in e4m3 (spec §8).
     """
     import comfy.patcher_extension as pe
 
@@ -198,7 +203,9 @@ _TIP_SPARSITY = ("Overall sparsity. 0.5 keeps the schedule as it is; higher shri
 _TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'fp16': the model's fp16/bf16 throughout. 'int8-qk': "
                   "q and k quantized to int8 per block of tokens (k first smoothed by its mean, SageAttention's "
                   "idea) and Q·K on int8 tensor cores; P·V stays fp16/bf16. Needs an RTX 30 / A100 or newer "
-                  "(sm_80+). Its measured error and speed: docs/fidelity.md, docs/performance.md.")
+                  "(sm_80+). 'fp8': int8-qk's Q·K plus P·V in FP8 e4m3 (V scaled per channel, SageAttention 2's "
+                  "scheme); needs an RTX 40 / L40 / H100 / RTX 50 or newer (sm_89+). Measured error and speed: "
+                  "docs/fidelity.md, docs/performance.md.")
 _TIP_WINDOW = ("Temporal window in latent frames (1 latent frame = 4 video frames) each sparse head attends to "
                "on each side of its own frames. -1 takes the schedule's per-step window.")
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 import torch
 
+from .fp8 import fp8_device_reason
 from .geometry import Geometry
 from .inputs import check_qkv, triton_input_reason
-from .plan import DENSE, INT8_QK, LINEAR_KINDS, PRECISIONS, AttentionPlan
+from .plan import DENSE, FP8, INT8_QK, LINEAR_KINDS, PRECISIONS, AttentionPlan
 from .quantize import int8_device_reason
 from .reference import reference_attention
 
@@ -52,6 +53,8 @@ def _triton_reason(q: torch.Tensor | None = None, plan: AttentionPlan | None = N
     if plan is not None and len(plan.live_anchors) > 4:
         return f"triton: {len(plan.live_anchors)} anchor frames (the kernel takes at most 4)"
     if plan is not None and plan.precision == INT8_QK and (why := int8_device_reason(q)):
+        return f"triton: {why}"
+    if plan is not None and plan.precision == FP8 and (why := fp8_device_reason(q)):
         return f"triton: {why}"
     return None
 

@@ -9,17 +9,18 @@ from dataclasses import dataclass, field
 
 from .geometry import Geometry
 
-__all__ = ["AttentionPlan", "BLOCKS", "DENSE", "FP16", "INT8_QK", "LINEAR", "LINEAR_KINDS", "PRECISIONS", "ROUTE_NAMES",
-           "SPARSE", "uniform_plan"]
+__all__ = ["AttentionPlan", "BLOCKS", "DENSE", "FP16", "FP8", "INT8_QK", "LINEAR", "LINEAR_KINDS", "PRECISIONS",
+           "ROUTE_NAMES", "SPARSE", "uniform_plan"]
 
 DENSE, SPARSE, LINEAR = 0, 1, 2
 ROUTE_NAMES = ("dense", "sparse", "linear")
 LINEAR_KINDS = ("pooled", "feature")
 BLOCKS = (64, 128)
 # Q·K precision (spec §8): "fp16" = the input dtype (fp16 or bf16) throughout; "int8-qk" = int8 q and smoothed k per
-# spec block (sparseflow/quantize.py), P·V in the input dtype
-FP16, INT8_QK = "fp16", "int8-qk"
-PRECISIONS = (FP16, INT8_QK)
+# spec block (sparseflow/quantize.py), P·V in the input dtype; "fp8" = int8-qk's Q·K plus P·V of exact keys in FP8 e4m3
+# (V per channel, sparseflow/fp8.py)
+FP16, INT8_QK, FP8 = "fp16", "int8-qk", "fp8"
+PRECISIONS = (FP16, INT8_QK, FP8)
 MAX_WINDOW = 4096
 MAX_TOPK = 4096
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import INT8_QK
+from .plan import FP8, INT8_QK
 
 __all__ = ["QuantizedQK", "dequantize", "int8_device_reason", "k_channel_mean", "quantize_blocks", "quantize_qk"]
 
@@ -72,9 +72,9 @@ class QuantizedQK:
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int, precision: str = INT8_QK) -> QuantizedQK:
-    """The `int8-qk` quantization of (B, H, L, D) q and k, per spec block of `block` tokens."""
-    if precision != INT8_QK:
-        raise ValueError(f"quantize: precision must be {INT8_QK!r}, got {precision!r}")
+    """The `int8-qk` quantization of (B, H, L, D) q and k, per spec block of `block` tokens (`fp8`'s Q·K too)."""
+    if precision not in (INT8_QK, FP8):
+        raise ValueError(f"quantize: precision must be {INT8_QK!r} or {FP8!r}, got {precision!r}")
     mean = k_channel_mean(k)
     q8, qs = quantize_blocks(q.float(), block)
     k8, ks = quantize_blocks(k.float() - mean[:, :, None], block)

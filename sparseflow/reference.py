@@ -1,7 +1,8 @@
 """The SparseFlow operator in plain PyTorch: the definition every kernel is checked against.
 
 docs/spec.md §5 (§8: precision "int8-qk" takes the logits from int8 q and mean-smoothed k, sparseflow/quantize.py;
-the pooled means are of the smoothed k, unquantized). Chunked over query blocks and gathering only the key blocks
+the pooled means are of the smoothed k, unquantized; "fp8" adds e4m3 V and P for the exact keys' P·V,
+sparseflow/fp8.py). Chunked over query blocks and gathering only the key blocks
 each one computes, so it runs at Wan-1.3B 480p size on a GPU without an L x L tensor. Computes in fp32 (fp64 for
 fp64 input).
 Same signature as the Triton launcher (`kernels/fused.py`); tests and bench import it from here.
@@ -14,11 +15,12 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .fp8 import fp8_softmax_pv, quantize_v
 from .geometry import Geometry
 from .inputs import check_qkv, from_bhld, to_bhld
 from .masks import block_means, block_tables, key_block_ranges, topk_lut
 from .partials import PartialAttention
-from .plan import DENSE, INT8_QK, SPARSE, AttentionPlan
+from .plan import DENSE, FP8, INT8_QK, SPARSE, AttentionPlan
 from .quantize import quantize_qk
 
 __all__ = ["SegmentTable", "dense_attention", "reference_attention", "segment_table"]
@@ -62,24 +64,28 @@ def _extra_tokens(g: Geometry, device: torch.device) -> torch.Tensor:
 
 
 def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-           lse: torch.Tensor | None = None) -> torch.Tensor:
-    """`lse`, when given, is a (B, h, L) buffer that receives each row's log-sum-exp (as for every route below)."""
+           lse: torch.Tensor | None = None, fp8: bool = False) -> torch.Tensor:
+    """`lse`, when given, is a (B, h, L) buffer that receives each row's log-sum-exp (as for every route below);
+    `fp8`: P in e4m3 (sparseflow/fp8.py), v the dequantized e4m3 V."""
     b, h, length, _ = q.shape
     rows = max(1, _MAX_SCORE_ELEMS // max(1, b * h * k.shape[2]))
     out = torch.empty_like(q)
     for r0 in range(0, length, rows):
         s = (q[:, :, r0:r0 + rows] @ k.transpose(-1, -2)) * scale
-        out[:, :, r0:r0 + rows] = torch.softmax(s, dim=-1) @ v
+        out[:, :, r0:r0 + rows] = fp8_softmax_pv([s], [v], [], []) if fp8 else torch.softmax(s, dim=-1) @ v
         if lse is not None:
             lse[:, :, r0:r0 + rows] = torch.logsumexp(s, dim=-1)
     return out
 
 
 def _softmax_merge(logits: list[torch.Tensor], values: list[torch.Tensor],
-                   lse: torch.Tensor | None = None) -> torch.Tensor:
+                   lse: torch.Tensor | None = None, exact_fp8: int = 0) -> torch.Tensor:
+    """softmax over the joined logits; with `exact_fp8` > 0 the first that many parts are exact keys with P in e4m3."""
     s = torch.cat(logits, dim=-1)
     if lse is not None:
         lse.copy_(torch.logsumexp(s, dim=-1))
+    if exact_fp8:
+        return fp8_softmax_pv(logits[:exact_fp8], values[:exact_fp8], logits[exact_fp8:], values[exact_fp8:])
     return torch.softmax(s, dim=-1) @ torch.cat(values, dim=-2)
 
 
@@ -88,14 +94,15 @@ def _rows(lse: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor | None:
 
 
 def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None, scale: float,
-            kp: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:
+            kp: torch.Tensor, lse: torch.Tensor | None = None, vp: torch.Tensor | None = None) -> torch.Tensor:
+    """`kp`, `vp`: the keys and values the pooled block means are taken of (smoothed k; v unquantized)."""
     g, blk = plan.geometry, plan.block
     tab = block_tables(g, blk)
     b, h, length, d = q.shape
     dev = q.device
     out = torch.empty_like(q)
     if plan.compensation:
-        km, vm = block_means(kp, blk), block_means(v, blk)
+        km, vm = block_means(kp, blk), block_means(v if vp is None else vp, blk)
         log_n = torch.log(torch.tensor(tab.count, dtype=q.dtype, device=dev))
     arange_blk = torch.arange(blk, device=dev)
     for i in range(tab.n):
@@ -127,12 +134,14 @@ def _sparse(q, k, v, plan: AttentionPlan, window: int, lut: torch.Tensor | None,
             lc = (qi @ km.transpose(-1, -2)) * scale + log_n
             logits.append(lc.masked_fill(~skipped[:, :, None, :], float("-inf")))
             values.append(vm)
-        out[:, :, t0:t1] = _softmax_merge(logits, values, _rows(lse, t0, t1))
+        exact = (len(logits) - (skipped is not None)) if plan.precision == FP8 else 0
+        out[:, :, t0:t1] = _softmax_merge(logits, values, _rows(lse, t0, t1), exact)
     return out
 
 
 def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, kp: torch.Tensor,
-                   lse: torch.Tensor | None = None) -> torch.Tensor:
+                   lse: torch.Tensor | None = None, vp: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact keys in P·V of the input dtype at every precision (fp8: V dequantized, segment means of `vp`)."""
     g, blk = plan.geometry, plan.block
     tab, seg = block_tables(g, blk), segment_table(g, blk)
     b, h, length, d = q.shape
@@ -142,7 +151,8 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, kp: torch.Tensor,
     nseg = len(seg.frame)
     count = seg.count.to(dev, q.dtype)
     km = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, kp[:, :, vid]) / count[:, None]
-    vm = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, v[:, :, vid]) / count[:, None]
+    vp = v if vp is None else vp
+    vm = torch.zeros(b, h, nseg, d, dtype=q.dtype, device=dev).index_add_(2, sid, vp[:, :, vid]) / count[:, None]
     log_n = torch.log(count)
     seg_frame, seg_block = seg.frame.to(dev), seg.block.to(dev)
     extra = _extra_tokens(g, dev)
@@ -151,7 +161,7 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, kp: torch.Tensor,
         t0, t1 = i * blk, min((i + 1) * blk, length)
         qi = q[:, :, t0:t1]
         if tab.has_extra[i]:
-            out[:, :, t0:t1] = _dense(qi, k, v, scale, _rows(lse, t0, t1))
+            out[:, :, t0:t1] = _dense(qi, k, v, scale, _rows(lse, t0, t1), plan.precision == FP8)
             continue
         qf = (torch.arange(t0, t1, device=dev) - g.prefix) // g.tokens_per_frame  # (bq,)
         s0, s1 = seg.first[tab.flo[i]], seg.first[tab.fhi[i] + 1]
@@ -172,8 +182,8 @@ def _linear_pooled(q, k, v, plan: AttentionPlan, scale: float, kp: torch.Tensor,
 
 
 def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, qd: torch.Tensor, kd: torch.Tensor,
-                    lse: torch.Tensor | None = None) -> torch.Tensor:
-    """Spec §5.3 `feature` from q, k; the dense rows of query blocks with extra tokens from (qd, kd)."""
+                    lse: torch.Tensor | None = None, vd: torch.Tensor | None = None) -> torch.Tensor:
+    """Spec §5.3 `feature` from q, k, v; the dense rows of query blocks with extra tokens from (qd, kd, vd)."""
     g, blk = plan.geometry, plan.block
     tab, fsize = block_tables(g, blk), g.tokens_per_frame
     out = torch.empty_like(q)
@@ -192,7 +202,8 @@ def _linear_feature(q, k, v, plan: AttentionPlan, scale: float, qd: torch.Tensor
     for i in range(tab.n):
         if tab.has_extra[i]:
             t0, t1 = i * blk, min((i + 1) * blk, g.length)
-            out[:, :, t0:t1] = _dense(qd[:, :, t0:t1], kd, v, scale, _rows(lse, t0, t1))
+            out[:, :, t0:t1] = _dense(qd[:, :, t0:t1], kd, v if vd is None else vd, scale, _rows(lse, t0, t1),
+                                      plan.precision == FP8)
     return out
 
 
@@ -213,26 +224,29 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
         lut = topk_lut(qb, kb, plan)
     scale = plan.softmax_scale(d)
     out = torch.empty_like(qb)
-    if plan.precision == INT8_QK:  # logits from the dequantized int8 q and smoothed k; pooled means of smoothed k
+    if plan.precision in (INT8_QK, FP8):  # logits from dequantized int8 q and smoothed k; pooled means of smoothed k
         qz = quantize_qk(to_bhld(q, h), to_bhld(k, h), plan.block)  # from the inputs, as the kernel's pre-pass
         ql, kl = (t.to(cdt) for t in qz.dequantized())
         kp = kb - qz.k_mean[:, :, None].to(cdt)
     else:
         ql, kl, kp = qb, kb, kb
+    # fp8: exact keys' values are the dequantized e4m3 V; pooled means and feature heads take the unquantized V
+    vx = quantize_v(to_bhld(v, h)).dequantized().to(cdt) if plan.precision == FP8 else vb
+    fp8 = plan.precision == FP8
     lse = qb.new_empty(qb.shape[:3]) if return_lse else None
     for (route, window, topk), hs in plan.groups().items():
         idx = torch.tensor(hs, device=q.device)
-        qs, ks, vs = ql[:, idx], kl[:, idx], vb[:, idx]
+        qs, ks, vs, vxs = ql[:, idx], kl[:, idx], vb[:, idx], vx[:, idx]
         ls = None if lse is None else lse.new_empty(lse.shape[0], len(hs), lse.shape[2])
         if route == DENSE:
-            o = _dense(qs, ks, vs, scale, ls)
+            o = _dense(qs, ks, vxs, scale, ls, fp8)
         elif route == SPARSE:
-            o = _sparse(qs, ks, vs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale,
-                        kp[:, idx], ls)
+            o = _sparse(qs, ks, vxs, plan, window, lut[:, idx] if (lut is not None and topk) else None, scale,
+                        kp[:, idx], ls, vs)
         elif plan.linear_kind == "pooled":
-            o = _linear_pooled(qs, ks, vs, plan, scale, kp[:, idx], ls)
+            o = _linear_pooled(qs, ks, vxs, plan, scale, kp[:, idx], ls, vs)
         else:
-            o = _linear_feature(qb[:, idx], kb[:, idx], vs, plan, scale, qs, ks, ls)
+            o = _linear_feature(qb[:, idx], kb[:, idx], vs, plan, scale, qs, ks, ls, vxs)
         out[:, idx] = o
         if lse is not None:
             lse[:, idx] = ls

@@ -66,22 +66,29 @@ def fused_launch(config: tuple[int, int, int, int], block: int, tma: bool, has_l
                  has_linear: bool, dtype: str = "fp16", precision: str = "fp16", return_lse: bool = False) -> Launch:
     """The fused attention kernel at one config (BLOCK_M, BLOCK_N, warps, stages) and call kind, head_dim 128.
 
-    precision "int8-qk": Q and K int8 with fp32 scales QS, KS (spec §8); "fp16": QS and KS are None, as the launcher
-    passes them (Triton makes a None argument a constexpr, so it is not a kernel parameter)."""
+    precision "int8-qk": Q and K int8 with fp32 scales QS, KS (spec §8); "fp8": also V e4m3 with its fp32 scale VS;
+    else QS, KS and VS are None, as the launcher passes them (Triton makes a None argument a constexpr, so it is not
+    a kernel parameter)."""
     from comfyui_sparseflow.kernels import fused
+    from comfyui_sparseflow.sparseflow.plan import PRECISIONS
 
     bm, bn, warps, stages = config
-    int8 = precision == "int8-qk"
+    int8, fp8 = precision in ("int8-qk", "fp8"), precision == "fp8"
     ptrs = {n: dtype for n in ("Q", "K", "V", "Out", "BKM", "BVM", "SKM", "SVM")}
     ptrs["LSE"] = "fp32" if return_lse else dtype  # without return_lse the launcher passes a 1-element stand-in
     ptrs.update({n: "i32" for n in ("LUT", "ROUTES", "WINDOW", "TOPK", "HEAD_ORDER", "ANCHORS", "SEG_FRAME",
                                     "SEG_BLOCK", "FRAME_FIRST")}, SEG_LOG2N="fp32")
     if int8:
         ptrs.update(Q="i8", K="i8", QS="fp32", KS="fp32")
+    if fp8:
+        ptrs.update(V="fp8e4nv", VS="fp32")
     consts = dict(HEAD_DIM=128, BLOCK=block, BLOCK_M=bm, BLOCK_N=bn, UPCAST=False, TMA=tma, HAS_LUT=has_lut,
-                  HAS_COMP=has_comp, HAS_LINEAR=has_linear, PRECISION=int(int8), RETURN_LSE=return_lse)
+                  HAS_COMP=has_comp, HAS_LINEAR=has_linear, PRECISION=PRECISIONS.index(precision),
+                  RETURN_LSE=return_lse)
     if not int8:
         consts.update(QS=None, KS=None)
+    if not fp8:
+        consts.update(VS=None)
     return Launch(fused._jit_kernel, ptrs, ("qk_scale",), tuple(fused._RUNTIME_INTS), consts, warps, stages)
 
 
@@ -101,6 +108,16 @@ def quantize_launch(block: int) -> Launch:
 
     ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
     return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128),
+                  8 if block == 128 else 4, 3)
+
+
+def quantize_fp8_launch(block: int) -> Launch:
+    """The fp8 pre-pass (kernels/fp8_prepass.py), as `quantize_qkv` launches it for head_dim 128."""
+    from comfyui_sparseflow.kernels import fp8_prepass
+
+    ptrs = {"Q": "fp16", "K": "fp16", "V": "fp16", "KMEAN": "fp32", "VSCALE": "fp32", "Q8": "i8", "K8": "i8",
+            "V8": "fp8e4nv", "QS": "fp32", "KS": "fp32"}
+    return Launch(fp8_prepass._quantize_qkv_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128),
                   8 if block == 128 else 4, 3)
 
 
@@ -127,7 +144,7 @@ def add_norm_launch(channels: int, has_y: bool, has_gate: bool, norm: bool, affi
 
 
 BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "quantize": quantize_launch,
-            "norm_rope": norm_rope_launch, "add_norm": add_norm_launch}
+            "quantize_fp8": quantize_fp8_launch, "norm_rope": norm_rope_launch, "add_norm": add_norm_launch}
 
 
 def shared_memory_job(job: tuple) -> int:
@@ -140,3 +157,20 @@ def shared_memory_job(job: tuple) -> int:
     load_pack_package()
     name, args, cc = job
     return shared_memory(BUILDERS[name](*args), cc)
+
+
+def fp8_mma_job(job: tuple) -> tuple[int, list[str]]:
+    """As `shared_memory_job`, also naming the e4m3 MMAs in the compiled PTX (sm_89/sm_120 `mma.sync ... e4m3`,
+    sm_90 `wgmma ... e4m3`, sm_100 `tcgen05.mma ... kind::f8f6f4`), de-duplicated."""
+    import re
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    from pack_package import load_pack_package
+
+    load_pack_package()
+    name, args, cc = job
+    launch = BUILDERS[name](*args)
+    compiled = triton.compile(source(launch), target=GPUTarget("cuda", cc, 32),
+                              options={"num_warps": launch.warps, "num_stages": launch.stages})
+    mmas = re.findall(r"(?:wgmma\.mma_async|mma\.sync|tcgen05\.mma)[\w.:]*", compiled.asm["ptx"])
+    return int(compiled.metadata.shared), sorted({m for m in mmas if "e4m3" in m or "f8f6f4" in m})

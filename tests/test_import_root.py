@@ -106,7 +106,7 @@ def _assert_own_modules(result: dict, name: str, cli: bool = False) -> None:
     """The three kernel entry points are the pack's; nothing top-level named `kernels`; no file of the pack under
     another name, except (CLI) the `sparseflow` package `python -m sparseflow` starts from, which is ours."""
     assert result["errors"] == [None, None, None], result["errors"]
-    assert result["fn_modules"] == [f"{name}.kernels.fused", f"{name}.kernels.norm_rope",
+    assert result["fn_modules"] == [f"{name}.kernels.launch", f"{name}.kernels.norm_rope",
                                     f"{name}.kernels.residual_norm"]
     top, strays = result["top_level"], result["strays"]
     if cli:

@@ -143,7 +143,7 @@ def test_a_compiled_launch_failure_of_int8_qk_is_a_kernel_launch_error_and_fp16_
 
     from comfyui_sparseflow.sparseflow.inputs import KernelLaunchError
 
-    fused_mod = importlib.import_module("comfyui_sparseflow.kernels.fused")
+    launch_mod = importlib.import_module("comfyui_sparseflow.kernels.launch")
 
     class _Failing:
         def __getitem__(self, grid):
@@ -153,8 +153,8 @@ def test_a_compiled_launch_failure_of_int8_qk_is_a_kernel_launch_error_and_fp16_
 
     monkeypatch.setattr(configs, "INTERPRET", False)
     monkeypatch.setattr(configs, "launch_plan", lambda kb, vb: (0, False))
-    monkeypatch.setattr(fused_mod, "int8_device_reason", lambda q: None)
-    monkeypatch.setattr(fused_mod, "_kernel", lambda: _Failing())
+    monkeypatch.setattr(launch_mod, "int8_device_reason", lambda q: None)
+    monkeypatch.setattr(launch_mod, "_kernel", lambda: _Failing())
     plan = AttentionPlan(G_ODD, (SPARSE, DENSE), (0, 0), (0, 0), precision=precision, block=64)
     q, k, v = _qkv(1, 2, G_ODD.length, 64, torch.bfloat16)
     if precision == "int8-qk":

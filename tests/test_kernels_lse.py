@@ -1,6 +1,6 @@
 """The fused kernel's optional log-sum-exp output (issue 20): `fused_attention(..., return_lse=True)` gives each
 query row's log-sum-exp equal to the reference's (`reference_attention(..., return_lse=True)`, sparseflow/partials.py)
-for every route, both linear kinds, top-k + compensation, extra tokens, odd L, both layouts and both Q·K precisions,
+for every route, both linear kinds, top-k + compensation, extra tokens, odd L, both layouts and every precision,
 and the partials merge as ring attention merges its steps. On CPU (CI) under TRITON_INTERPRET=1 at small shapes;
 on CUDA compiled, plus the Wan 2.1 1.3B 480p shape."""
 
@@ -19,7 +19,7 @@ from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
 from comfyui_sparseflow.sparseflow.inputs import to_bhld  # noqa: E402
 from comfyui_sparseflow.sparseflow.masks import structural_block_mask  # noqa: E402
 from comfyui_sparseflow.sparseflow.partials import PartialAttention, merge_partials  # noqa: E402
-from comfyui_sparseflow.sparseflow.plan import DENSE, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, FP8, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
 from helpers import assert_close_report, rel_error  # noqa: E402
 
@@ -75,10 +75,12 @@ def test_mixed_routes_topk_and_compensation_at_odd_length_batch_2_and_comfy_layo
     _check(plan, batch=2, dtype=torch.float16, layout="blhd", seed=3)
 
 
-def test_int8_qk_returns_the_quantized_reference_lse():
+@pytest.mark.parametrize("precision", [INT8_QK, FP8])
+def test_quantized_precisions_return_the_quantized_reference_lse(precision):
+    """int8-qk and fp8: the log-normaliser of the quantized logits (fp8 rounds P for P·V only, not the sum)."""
     plan = AttentionPlan(G_ODD, (SPARSE, DENSE, LINEAR), (1, 0, 0), (0, 0, 0), anchors=(0,), block=64,
-                         precision=INT8_QK)
-    _check(plan, seed=5)
+                         precision=precision)
+    _check(plan, dtype=torch.float16, seed=5)
 
 
 def test_lse_of_a_dense_head_is_the_log_of_its_softmax_normaliser():

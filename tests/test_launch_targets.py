@@ -3,9 +3,9 @@
 For each target of ANCHORS.md (sm_80 A100, sm_86/89/120 RTX 30/40/50, sm_90 H100/H200, sm_100 B200) each kernel is
 compiled on this CPU machine for that target (tests/cross_compile.py) with every config the autotuner would keep
 there (kernels/configs.py: the device's tier, each spec block, each call kind, each precision: fp16 and int8-qk,
-spec §8) and the launch's shared memory must be within the target's opt-in limit; every target keeps at least one
-config per spec block (64 and 128). Compiles run in two spawned processes (about 4 minutes on 2 cores; Triton caches
-them on disk for later runs).
+spec §8; fp8 in tests/test_launch_targets_fp8.py) and the launch's shared memory must be within the target's
+opt-in limit; every target keeps at least one config per spec block (64 and 128). Compiles run in two spawned
+processes (about 4 minutes on 2 cores; Triton caches them on disk for later runs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from itertools import product
 
 import pytest
 from comfyui_sparseflow.kernels import configs
-from comfyui_sparseflow.sparseflow.plan import PRECISIONS
+from comfyui_sparseflow.sparseflow.plan import FP16, INT8_QK
 from cross_compile import TARGET_LIMITS, shared_memory_job
 
 pytest.importorskip("triton")
@@ -50,8 +50,8 @@ def _jobs() -> list[tuple[str, tuple, tuple]]:
         tier = configs.tier_for(limits)
         tma = configs.use_descriptors(limits, tier)
         for block in (64, 128):
-            for precision in PRECISIONS:
-                for c in configs.launch_configs(tier, block, has_lut=False, int8=precision == "int8-qk"):
+            for precision in (FP16, INT8_QK):  # fp8 (sm_89+ only): tests/test_launch_targets_fp8.py
+                for c in configs.launch_configs(tier, block, has_lut=False, int8=precision == INT8_QK):
                     jobs.append(_fused_job(c, block, tma, precision, cc))
         for span in (64, 128):
             jobs.append((f"pooled_mean span {span}", ("pooled_mean", (span,), cc), cc))

@@ -126,13 +126,14 @@ def test_sparseflow_output_equals_the_reference_operator_applied_inside_the_mode
     assert len(tel.calls) == len(selfs) and tel.backends() == ["reference"]
 
 
-def test_int8_qk_precision_reaches_the_operator_inside_the_model(comfy, pack, tiny_models):  # noqa: F811
-    """precision="int8-qk": every self-attention call SparseFlow runs is the int8-qk reference operator (spec §8),
-    which differs from the fp16 one."""
+@pytest.mark.parametrize("precision", ["int8-qk", "fp8"])
+def test_quantized_precision_reaches_the_operator_inside_the_model(comfy, pack, tiny_models, precision):  # noqa: F811
+    """precision="int8-qk" / "fp8": every self-attention call SparseFlow runs is that precision's reference operator
+    (spec §8), which differs from the fp16 one."""
     model = tiny_models[tw.WAN21_T2V]
     routing = routing_preset("alternating", 2, 2)
-    patched = pack.patch.apply_sparseflow(model, routing=routing, backend="reference", block=64, precision="int8-qk")
-    assert "Q·K int8-qk" in pack.patch.patch_text(patched)
+    patched = pack.patch.apply_sparseflow(model, routing=routing, backend="reference", block=64, precision=precision)
+    assert f"Q·K {precision}" in pack.patch.patch_text(patched)
     to = patched.model_options["transformer_options"]
     calls = []
     to["optimized_attention_override"] = _recording_override(to["optimized_attention_override"], calls)
@@ -144,7 +145,7 @@ def test_int8_qk_precision_reaches_the_operator_inside_the_model(comfy, pack, ti
     for c in selfs:
         p = per_step[c["sample_sigmas"].index(c["sigma"])]
         plan = AttentionPlan(geometry, routing.head_routes(c["layer"]), (p.window,) * 2, (0,) * 2, anchors=(0,),
-                             compensation=p.compensation, block=64, precision="int8-qk")
+                             compensation=p.compensation, block=64, precision=precision)
         expected = reference_attention(c["q"], c["k"], c["v"], plan, heads=2)
         assert_close_report(c["out"], expected, atol=1e-6, rtol=1e-5, what=f"layer {c['layer']}")
         fp16 = reference_attention(c["q"], c["k"], c["v"], plan.with_precision("fp16"), heads=2)
@@ -262,7 +263,7 @@ def test_user_errors_name_the_input_and_what_is_allowed(pack, tiny_models):  # n
         pack.patch.apply_sparseflow(model, routing=routing_preset("heuristic", 30, 12))
     with pytest.raises(ValueError, match="route 'fast' is unknown"):
         pack.patch.apply_sparseflow(model, overrides='{"0.1": "fast"}')
-    with pytest.raises(ValueError, match=r"precision must be one of fp16, int8-qk; got 'int4'"):
+    with pytest.raises(ValueError, match=r"precision must be one of fp16, int8-qk, fp8; got 'int4'"):
         pack.patch.apply_sparseflow(model, precision="int4")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"backend 'triton' cannot run here: triton: no CUDA device"):
@@ -367,3 +368,19 @@ def test_fun_control_reference_tokens_run_sparseflow_with_the_prefix(comfy, pack
                              compensation=p.compensation, block=64)
         expected = reference_attention(c["q"], c["k"], c["v"], plan, heads=2)
         assert_close_report(c["out"], expected, atol=1e-6, rtol=1e-5, what=f"layer {c['layer']} step {step}")
+
+
+def test_fp8_precision_is_refused_at_patch_time_below_compute_capability_8_9(pack, monkeypatch):  # noqa: F811
+    """An RTX 3090 (sm_86) has no e4m3 tensor cores: precision "fp8" raises when patching, naming the input, the device
+    and what it can use instead; int8-qk is accepted there."""
+    from comfyui_sparseflow.sparseflow import fp8, quantize
+
+    for mod in (fp8, quantize):
+        monkeypatch.setattr(mod.torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(mod.torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(mod.torch.cuda, "get_device_capability", lambda dev=None: (8, 6))
+        monkeypatch.setattr(mod.torch.cuda, "get_device_name", lambda dev=None: "NVIDIA GeForce RTX 3090")
+    with pytest.raises(ValueError, match=r"input 'precision': precision 'fp8' needs compute capability 8\.9\+ .*"
+                                         r"RTX 3090 is sm_86 \(use precision 'int8-qk' or 'fp16'\)"):
+        pack.patch.check_precision("fp8")
+    pack.patch.check_precision("int8-qk")

@@ -77,6 +77,10 @@ def _settings() -> list[Setting]:
             for s in PRESET_SCHEDULES]
     out.append(Setting("sparseflow calibrated 0.1 int8-qk", "calibrated", "calibrated:0.1", "fixed", budget=0.1,
                        precision="int8-qk"))
+    # fp8 (int8 Q·K + e4m3 P·V, spec §8): the default preset and the 0.1 map, beside their fp16 and int8-qk points
+    out.append(Setting("sparseflow heuristic / balanced fp8", "preset", "heuristic", "balanced", precision="fp8"))
+    out.append(Setting("sparseflow calibrated 0.1 fp8", "calibrated", "calibrated:0.1", "fixed", budget=0.1,
+                       precision="fp8"))
     for kind, tau, ratio, start in SOL_SETTINGS:
         name = f"sol_attn tau={tau:g}" if kind == "tau" else f"sol_attn keep={ratio:g}"
         name += "" if start == 0.2 else f" start={start:g}"

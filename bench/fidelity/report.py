@@ -87,18 +87,20 @@ def tables(res: dict) -> str:
     return "\n".join(out)
 
 
-# group -> (marker, colour, legend label), in drawing order; a setting's group is its family, or "int8" for
-# SparseFlow settings at precision int8-qk
+# group -> (marker, colour, legend label), in drawing order; a setting's group is its family, or its precision
+# ("int8-qk", "fp8") for SparseFlow settings below fp16
 FAMILIES = {"preset": ("o", "tab:blue", "SparseFlow presets"),
             "calibrated": ("s", "tab:green", "SparseFlow calibrated maps"),
             "target": ("D", "tab:purple", "SparseFlow Calibrate to Target"),
-            "int8": ("P", "tab:orange", "SparseFlow int8-qk"),
+            "int8-qk": ("P", "tab:orange", "SparseFlow int8-qk"),
+            "fp8": ("X", "tab:brown", "SparseFlow fp8"),
             "sol_attn": ("^", "tab:red", "core sol_attn"),
             "floor": ("x", "gray", "SparseFlow all-dense (floor)")}
 
 
 def _group(setting: dict) -> str:
-    return "int8" if setting.get("precision", "fp16") != "fp16" else setting["family"]
+    precision = setting.get("precision", "fp16")
+    return setting["family"] if precision == "fp16" else precision
 
 
 def points(res: dict, key: str) -> dict[str, list[tuple[float, float, str]]]:
