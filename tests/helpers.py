@@ -1,4 +1,5 @@
-"""Shared test helpers: readable mismatch reports (after Liger's assert_verbose_allclose)."""
+"""Shared test helpers: readable mismatch reports (after Liger's assert_verbose_allclose), seeded attention inputs and
+the kernel-vs-reference check the kernel tests share."""
 
 from __future__ import annotations
 
@@ -31,3 +32,33 @@ def assert_kernel_matches(out: torch.Tensor, ref: torch.Tensor, q: torch.Tensor,
     assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
     assert_close_report(out, ref, atol=atol)
     assert rel_error(out, ref) < rel, f"rel error {rel_error(out, ref):.2e} >= {rel}"
+
+
+def random_qkv(batch: int, heads: int, length: int, dim: int, dtype: torch.dtype, seed: int = 0,
+               layout: str = "bhld", *, k_offset: float = 0.0, v_spread: float = 0.0,
+               device: str = "cpu") -> list[torch.Tensor]:
+    """Seeded random q, k, v (B, H, L, D), or with layout "blhd" ComfyUI's contiguous (B, L, H*D). `k_offset`: a
+    per-channel offset shared by every key (as DiT keys have; int8-qk's smoothing removes it); `v_spread`: per-channel
+    log-normal scales of v (what fp8's per-channel V scale is for). Drawn on the CPU in a fixed order, so a case sees
+    the same numbers on every device."""
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3)]
+    if k_offset:
+        xs[1] = xs[1] + k_offset * torch.randn(dim, generator=gen)
+    if v_spread:
+        xs[2] = xs[2] * torch.exp(v_spread * torch.randn(dim, generator=gen))
+    xs = [x.to(dtype).to(device) for x in xs]
+    if layout == "blhd":
+        xs = [x.transpose(1, 2).reshape(batch, length, heads * dim).contiguous() for x in xs]
+    return xs
+
+
+def check_kernel_vs_reference(kernel, reference, plan, qkv: list[torch.Tensor], tol: tuple[float, float],
+                              layout: str = "bhld", lut: torch.Tensor | None = None, **kw) -> torch.Tensor:
+    """Run `kernel` and `reference` on the same inputs and plan; assert_kernel_matches; return the kernel's output."""
+    q, k, v = qkv
+    heads = plan.heads if layout == "blhd" else None
+    out = kernel(q, k, v, plan, heads=heads, lut=lut, **kw)
+    ref = reference(q, k, v, plan, heads=heads, lut=lut)
+    assert_kernel_matches(out, ref, q, tol)
+    return out

@@ -22,7 +22,7 @@ from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
 from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, LINEAR, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import assert_close_report, assert_kernel_matches, rel_error  # noqa: E402
+from helpers import assert_close_report, check_kernel_vs_reference, random_qkv, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # (atol on elements, bound on ||out - ref|| / ||ref||): fp32 accumulation, output rounded to the input dtype
@@ -30,19 +30,12 @@ TOL = {torch.bfloat16: (3e-2, 1e-2), torch.float16: (4e-3, 2e-3)}
 
 
 def _qkv(batch, heads, length, dim, dtype, seed=0, layout="bhld"):
-    gen = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(batch, heads, length, dim, generator=gen).to(dtype).to(DEV) for _ in range(3)]
-    if layout == "blhd":  # ComfyUI's (B, L, H*D), contiguous
-        xs = [x.transpose(1, 2).reshape(batch, length, heads * dim).contiguous() for x in xs]
-    return xs
+    return random_qkv(batch, heads, length, dim, dtype, seed, layout, device=DEV)
 
 
 def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", lut=None, seed=0, **kw):
-    q, k, v = _qkv(batch, plan.heads, plan.geometry.length, dim, dtype, seed, layout)
-    heads = plan.heads if layout == "blhd" else None
-    out = fused_attention(q, k, v, plan, heads=heads, lut=lut, **kw)
-    ref = reference_attention(q, k, v, plan, heads=heads, lut=lut)
-    assert_kernel_matches(out, ref, q, TOL[dtype])
+    qkv = _qkv(batch, plan.heads, plan.geometry.length, dim, dtype, seed, layout)
+    return check_kernel_vs_reference(fused_attention, reference_attention, plan, qkv, TOL[dtype], layout, lut, **kw)
 
 
 # Extra tokens on both sides: L = 7 + 8*4*12 + 9 = 400 (7 blocks of 64); no extra tokens, odd L = 8*5*9 = 360

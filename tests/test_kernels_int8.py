@@ -21,7 +21,7 @@ from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.quantize import quantize_qk  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import assert_kernel_matches, rel_error  # noqa: E402
+from helpers import check_kernel_vs_reference, random_qkv, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the fp16 path's tolerances (tests/test_kernels.py): int8 q·k is exact in both, the rest is the same fp32 math
@@ -32,13 +32,7 @@ G_ODD = Geometry(frames=8, height=5, width=9, prefix=0, suffix=0)  # L = 360, no
 
 def _qkv(batch, heads, length, dim, dtype, seed=0, layout="bhld", k_offset=2.0):
     """Random q, k, v; k gets a per-channel offset shared by all tokens (as DiT keys have), which smoothing removes."""
-    gen = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3)]
-    xs[1] = xs[1] + k_offset * torch.randn(dim, generator=gen)
-    xs = [x.to(dtype).to(DEV) for x in xs]
-    if layout == "blhd":
-        xs = [x.transpose(1, 2).reshape(batch, length, heads * dim).contiguous() for x in xs]
-    return xs
+    return random_qkv(batch, heads, length, dim, dtype, seed, layout, k_offset=k_offset, device=DEV)
 
 
 def _plan(g, routes, window, topk, **kw):
@@ -46,12 +40,8 @@ def _plan(g, routes, window, topk, **kw):
 
 
 def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", lut=None, seed=0, **kw):
-    q, k, v = _qkv(batch, plan.heads, plan.geometry.length, dim, dtype, seed, layout)
-    heads = plan.heads if layout == "blhd" else None
-    out = fused_attention(q, k, v, plan, heads=heads, lut=lut, **kw)
-    ref = reference_attention(q, k, v, plan, heads=heads, lut=lut)
-    assert_kernel_matches(out, ref, q, TOL[dtype])
-    return out
+    qkv = _qkv(batch, plan.heads, plan.geometry.length, dim, dtype, seed, layout)
+    return check_kernel_vs_reference(fused_attention, reference_attention, plan, qkv, TOL[dtype], layout, lut, **kw)
 
 
 @pytest.mark.parametrize("block", [64, 128])

@@ -21,7 +21,7 @@ from comfyui_sparseflow.sparseflow.masks import structural_block_mask  # noqa: E
 from comfyui_sparseflow.sparseflow.partials import PartialAttention, merge_partials  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, FP8, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import assert_close_report, rel_error  # noqa: E402
+from helpers import assert_close_report, random_qkv, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 G_EXTRA = Geometry(frames=8, height=4, width=12, prefix=7, suffix=9)  # L = 400: extra tokens on both sides
@@ -33,14 +33,8 @@ LSE_ATOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
 OUT_TOL = {torch.bfloat16: (3e-2, 1e-2), torch.float16: (4e-3, 2e-3)}
 
 
-def _qkv(batch, heads, length, dim, dtype, seed=0, layout="bhld"):
-    gen = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3)]
-    xs[1] = xs[1] + 2.0 * torch.randn(dim, generator=gen)  # a shared key offset, as DiT keys have
-    xs = [x.to(dtype).to(DEV) for x in xs]
-    if layout == "blhd":
-        xs = [x.transpose(1, 2).reshape(batch, length, heads * dim).contiguous() for x in xs]
-    return xs
+def _qkv(batch, heads, length, dim, dtype, seed=0, layout="bhld"):  # keys with a shared offset, as DiT keys have
+    return random_qkv(batch, heads, length, dim, dtype, seed, layout, k_offset=2.0, device=DEV)
 
 
 def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", seed=0) -> PartialAttention:
