@@ -19,7 +19,7 @@ from . import configs
 from .fp8_prepass import quantize_call
 from .fused import _LOG2E, _jit_kernel, _kernel
 from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
-from .quant import quantize_qk
+from .quant import quantize_qk, smoothed_means
 
 __all__ = ["fused_attention"]
 
@@ -85,8 +85,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             raise KernelLaunchError(f"fused_attention: {why}")
         qz = quantize_qk(qb, kb, block)
         qb, kb, qs, ks = qz.q8, qz.k8, qz.q_scale, qz.k_scale
-        shift = qz.k_mean[:, :, None]
-        bkm, skm = ((m.float() - shift).to(m.dtype) if m.dim() == 4 else m for m in (bkm, skm))
+        bkm, bvm, skm, svm = smoothed_means((bkm, bvm, skm, svm), qz.k_mean)
     elif plan.precision == FP8:  # as int8-qk, plus e4m3 v per channel; pooled v means in units of its scale
         z = quantize_call(q, qb, kb, vb, (bkm, bvm, skm, svm), block)
         qb, kb, vb, qs, ks, vs, (bkm, bvm, skm, svm) = z.q8, z.k8, z.v8, z.q_scale, z.k_scale, z.v_scale, z.means

@@ -4,7 +4,8 @@ docs/spec.md §8; the math is `sparseflow/quantize.py` (k smoothed by its channe
 arXiv:2410.02367; our own code). A separate small kernel rather than a part of the block-means pass: k's scales
 need the mean over the whole sequence first, so k is read twice either way (a torch mean, then this pass), and
 the block means are only made for calls with compensation or pooled linear heads. One program per (spec block,
-batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales.
+batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales (the fp8
+pre-pass, kernels/fp8_prepass.py, runs the same kernel with v: e4m3 v / its channel scale too).
 
 Rounding as torch does it: scale = amax / 127 and x / scale correctly rounded (`div_rn`; Triton's `/` is
 approximate on the GPU), round half to even by adding and subtracting 1.5 * 2^23 (exact for |x| < 2^22;
@@ -18,9 +19,10 @@ import triton
 import triton.language as tl
 
 from ..sparseflow.quantize import QuantizedQK, k_channel_mean
+from .fp8 import _to_e4m3
 from .tiles import _op
 
-__all__ = ["_logits", "_pooled_operand", "quantize_qk"]
+__all__ = ["_logits", "_pooled_operand", "quantize_qk", "smoothed_means"]
 
 _RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
 
@@ -38,9 +40,11 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr):
 
 
 @triton.jit
-def _quantize_kernel(Q, K, KMEAN, Q8, K8, QS, KS, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                     L, N, HEADS, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head)."""
+def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stride_qh, stride_ql,
+                     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L, N, HEADS,
+                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr):
+    """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head); WITH_V (the fp8
+    pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) (B, H, L, D), else V, VSCALE and V8 are None."""
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // HEADS
@@ -58,6 +62,12 @@ def _quantize_kernel(Q, K, KMEAN, Q8, K8, QS, KS, stride_qb, stride_qh, stride_q
     tl.store(K8 + dst, k8, mask=mask)
     tl.store(QS + bh * N + j, qs)
     tl.store(KS + bh * N + j, ks)
+    if WITH_V:
+        v = tl.load(V + b * stride_vb + h * stride_vh + offs[:, None] * stride_vl + offs_d[None, :], mask=mask,
+                    other=0.0)
+        vf = v.to(tl.float32)
+        vs = tl.load(VSCALE + bh * HEAD_DIM + offs_d)
+        tl.store(V8 + dst, _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True), mask=mask)
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
@@ -70,9 +80,9 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
     k8 = torch.empty_like(q8)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
-    _quantize_kernel[(n, bsz * nh)](q, k, mean, q8, k8, qs, ks, q.stride(0), q.stride(1), q.stride(2),
-                                    k.stride(0), k.stride(1), k.stride(2), length, n, nh, BLOCK=block, HEAD_DIM=d,
-                                    num_warps=8 if block == 128 else 4)
+    _quantize_kernel[(n, bsz * nh)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
+                                    q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh,
+                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, num_warps=8 if block == 128 else 4)
     return QuantizedQK(q8, k8, qs, ks, mean, block)
 
 
@@ -96,3 +106,17 @@ def _pooled_operand(q8, like, UPCAST: tl.constexpr):
         return q8.to(tl.float32)
     else:
         return q8.to(like.dtype.element_ty)
+
+
+def smoothed_means(means: tuple[torch.Tensor, ...], k_mean: torch.Tensor,
+                   v_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """The pooled means (bkm, bvm, skm, svm) as the quantized kernel reads them: k means minus k's smoothing offset
+    `k_mean` (B, H, D); with `v_scale` (B, H, D, precision fp8) v means divided by it. A 1-element placeholder (no
+    such means in this call) passes through."""
+    shift = k_mean[:, :, None]
+    scale = None if v_scale is None else v_scale[:, :, None]
+    bkm, bvm, skm, svm = means
+    bkm, skm = ((m.float() - shift).to(m.dtype) if m.dim() == 4 else m for m in (bkm, skm))
+    if scale is not None:
+        bvm, svm = ((m.float() / scale).to(m.dtype) if m.dim() == 4 else m for m in (bvm, svm))
+    return bkm, bvm, skm, svm

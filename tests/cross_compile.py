@@ -107,17 +107,19 @@ def quantize_launch(block: int) -> Launch:
     from comfyui_sparseflow.kernels import quant
 
     ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
-    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128),
-                  8 if block == 128 else 4, 3)
+    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, V=None, VSCALE=None, V8=None)
+    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS", "stride_vb", "stride_vh", "stride_vl"),
+                  consts, 8 if block == 128 else 4, 3)
 
 
 def quantize_fp8_launch(block: int) -> Launch:
-    """The fp8 pre-pass (kernels/fp8_prepass.py), as `quantize_qkv` launches it for head_dim 128."""
-    from comfyui_sparseflow.kernels import fp8_prepass
+    """The fp8 pre-pass (kernels/fp8_prepass.py: kernels/quant.py's kernel with v), as `quantize_qkv` launches it
+    for head_dim 128."""
+    from comfyui_sparseflow.kernels import quant
 
     ptrs = {"Q": "fp16", "K": "fp16", "V": "fp16", "KMEAN": "fp32", "VSCALE": "fp32", "Q8": "i8", "K8": "i8",
             "V8": "fp8e4nv", "QS": "fp32", "KS": "fp32"}
-    return Launch(fp8_prepass._quantize_qkv_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128),
+    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128, WITH_V=True),
                   8 if block == 128 else 4, 3)
 
 
