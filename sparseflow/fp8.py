@@ -43,7 +43,8 @@ def v_scale(v: torch.Tensor) -> torch.Tensor:
     (aminmax reads v once without an |v| copy)."""
     lo, hi = torch.aminmax(v, dim=2)
     amax = torch.maximum(-lo, hi).float()
-    return torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    # a tensor divisor, correctly rounded on CUDA too (sparseflow/quantize.py's quantize_blocks says why)
+    return torch.where(amax > 0, amax / torch.full_like(amax, E4M3_MAX), torch.ones_like(amax))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Te
     pad = torch.zeros(b, h, n * block - length, d, dtype=torch.float32, device=x.device)
     xb = torch.cat([x.float(), pad], dim=2).view(b, h, n, block, d)
     amax = xb.abs().amax(dim=(3, 4))
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    # a tensor divisor: torch on CUDA divides by a Python scalar as a multiply by its reciprocal (1 ulp off the
+    # correctly rounded quotient that the Triton pre-pass computes); tensor / tensor is IEEE division on both devices
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, QMAX), torch.ones_like(amax))
     x8 = torch.round(xb / scale[..., None, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     return x8.view(b, h, n * block, d)[:, :, :length], scale
 
