@@ -22,24 +22,31 @@ from .quant import _quantize_kernel, smoothed_means
 
 __all__ = ["Fp8Call", "quantize_call", "quantize_qkv"]
 
+V_ROW_ALIGN = 16  # tokens: e4m3 v's feature rows start 16 bytes apart (tensor descriptors' rule)
+
 
 def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[QuantizedQK, QuantizedV]:
     """`sparseflow.quantize.quantize_qk` and `sparseflow.fp8.quantize_v` on the device in one pass over (B, H, L, D)
-    views with unit last stride: contiguous int8 q, smoothed k and e4m3 v, and their scales."""
+    views with unit last stride: contiguous int8 q and smoothed k, e4m3 v, and their scales.
+
+    e4m3 v is a (B, H, L, D) view of (B, H, D, LP) storage (tokens contiguous, LP = L rounded up to 16 so a feature
+    row is 16-byte aligned for tensor descriptors): the P·V MMA's B operand K-major, which Hopper's e4m3 wgmma needs
+    (an [L, D] tile would be transposed on chip every tile)."""
     bsz, nh, length, d = q.shape
     n = triton.cdiv(length, block)
     mean = k_channel_mean(k).contiguous()
     vs = v_scale(v).contiguous()
     q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
     k8 = torch.empty_like(q8)
-    v8 = torch.empty(bsz, nh, length, d, dtype=torch.float8_e4m3fn, device=q.device)
+    lp = triton.cdiv(length, V_ROW_ALIGN) * V_ROW_ALIGN
+    v8t = torch.empty(bsz, nh, d, lp, dtype=torch.float8_e4m3fn, device=q.device)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
-    _quantize_kernel[(n, bsz * nh)](q, k, v, mean, vs, q8, k8, v8, qs, ks, q.stride(0), q.stride(1), q.stride(2),
+    _quantize_kernel[(n, bsz * nh)](q, k, v, mean, vs, q8, k8, v8t, qs, ks, q.stride(0), q.stride(1), q.stride(2),
                                     k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-                                    length, n, nh, BLOCK=block, HEAD_DIM=d, WITH_V=True,
+                                    length, n, nh, lp, BLOCK=block, HEAD_DIM=d, WITH_V=True,
                                     num_warps=8 if block == 128 else 4)
-    return QuantizedQK(q8, k8, qs, ks, mean, block), QuantizedV(v8, vs)
+    return QuantizedQK(q8, k8, qs, ks, mean, block), QuantizedV(v8t[..., :length].transpose(2, 3), vs)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Fp8Call:
 
     q8: torch.Tensor
     k8: torch.Tensor
-    v8: torch.Tensor
+    v8: torch.Tensor  # (B, H, L, D) view, stride 1 along L (quantize_qkv)
     q_scale: torch.Tensor
     k_scale: torch.Tensor
     v_scale: torch.Tensor

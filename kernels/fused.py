@@ -35,7 +35,7 @@ from . import configs
 from .fp8 import _fp8_values, _scale_out
 from .quant import _logits, _pooled_operand
 from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
-from .tiles import _key_tile, _online_update, _op
+from .tiles import _key_tile, _online_update, _op, _v_ptrs
 
 __all__ = ["compiled_variants"]
 
@@ -99,8 +99,12 @@ def _fused_fwd_kernel(
     if TMA:  # this (batch, head)'s K and V as [L, D] tensors: the copy engine zero-fills rows >= L
         kd = tl.make_tensor_descriptor(k_base, shape=[L, HEAD_DIM], strides=[stride_kl, 1],
                                        block_shape=[BLOCK_N, HEAD_DIM])
-        vd = tl.make_tensor_descriptor(v_base, shape=[L, HEAD_DIM], strides=[stride_vl, 1],
-                                       block_shape=[BLOCK_N, HEAD_DIM])
+        if PRECISION == 2:  # e4m3 v token-contiguous: stride_vl is its feature stride; tiles come as [D, BLOCK_N]
+            vd = tl.make_tensor_descriptor(v_base, shape=[HEAD_DIM, L], strides=[stride_vl, 1],
+                                           block_shape=[HEAD_DIM, BLOCK_N])
+        else:
+            vd = tl.make_tensor_descriptor(v_base, shape=[L, HEAD_DIM], strides=[stride_vl, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
     else:
         kd = k_base
         vd = v_base
@@ -246,7 +250,7 @@ def _fused_fwd_kernel(
             kmask = offs_n < L
             k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=kmask[None, :], other=0.0)
             qk = tl.where(allow, _logits(q, k, qk_scale, ks_row, start_n, BLOCK, UPCAST, PRECISION), NEG)
-            v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            v = tl.load(_v_ptrs(v_base, offs_n, offs_d, stride_vl, PRECISION), mask=kmask[:, None], other=0.0)
             v = _fp8_values(v, Out, UPCAST, PRECISION)
             acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, v)
         # -- pooled segments (frame f, block j) of the query's frame, logit + log2(n)

@@ -94,7 +94,9 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
     args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, qs, ks, vs, pt["routes"], pt["window"], pt["topk"],
             pt["head_order"], pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
             qb.stride(0), qb.stride(1), qb.stride(2), kb.stride(0), kb.stride(1), kb.stride(2),
-            vb.stride(0), vb.stride(1), vb.stride(2), ob.stride(0), ob.stride(1), ob.stride(2),
+            # precision fp8: v is token-contiguous e4m3, and stride_vl carries its feature stride (kernels/fused.py)
+            vb.stride(0), vb.stride(1), vb.stride(3) if plan.precision == FP8 else vb.stride(2),
+            ob.stride(0), ob.stride(1), ob.stride(2),
             qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
             int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
     tier, tma = (0, False) if configs.INTERPRET else configs.launch_plan(kb, vb)

@@ -41,10 +41,11 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr):
 
 @triton.jit
 def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stride_qh, stride_ql,
-                     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L, N, HEADS,
+                     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L, N, HEADS, LP,
                      BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr):
     """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head); WITH_V (the fp8
-    pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) (B, H, L, D), else V, VSCALE and V8 are None."""
+    pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) stored (B, H, D, LP), tokens contiguous (the K-major
+    operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused."""
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // HEADS
@@ -67,7 +68,8 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
                     other=0.0)
         vf = v.to(tl.float32)
         vs = tl.load(VSCALE + bh * HEAD_DIM + offs_d)
-        tl.store(V8 + dst, _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True), mask=mask)
+        dst_v = (bh * HEAD_DIM + offs_d[None, :]) * LP + offs[:, None]
+        tl.store(V8 + dst_v, _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True), mask=mask)
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
@@ -81,7 +83,7 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
     _quantize_kernel[(n, bsz * nh)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
-                                    q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh,
+                                    q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh, 0,
                                     BLOCK=block, HEAD_DIM=d, WITH_V=False, num_warps=8 if block == 128 else 4)
     return QuantizedQK(q8, k8, qs, ks, mean, block)
 

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .fp8 import _pv_fp8
 
-__all__ = ["_key_tile", "_online_update", "_op"]
+__all__ = ["_key_tile", "_online_update", "_op", "_v_ptrs"]
 
 
 @triton.jit
@@ -38,6 +38,16 @@ def _online_update(acc, m_i, l_i, qk, v):
 
 
 @triton.jit
+def _v_ptrs(v_base, offs_n, offs_d, stride_vl, PRECISION: tl.constexpr):
+    """Pointers of a [BLOCK_N, D] value tile. PRECISION 2 (fp8): e4m3 v is stored token-contiguous (the K-major B
+    operand of Hopper's e4m3 MMA; kernels/fp8_prepass.py) and stride_vl is its feature stride."""
+    if PRECISION == 2:
+        return v_base + offs_n[:, None] + offs_d[None, :] * stride_vl
+    else:
+        return v_base + offs_n[:, None] * stride_vl + offs_d[None, :]
+
+
+@triton.jit
 def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, start_n, lim, qk_scale, ks_row,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
               TMA: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
@@ -53,11 +63,11 @@ def _key_tile(acc, m_i, l_i, q, kd, vd, k_base, v_base, stride_kl, stride_vl, st
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if TMA:
         k = kd.load([start_n, 0]).T
-        v = vd.load([start_n, 0])
+        v = vd.load([0, start_n]).T if PRECISION == 2 else vd.load([start_n, 0])
     else:
         offs_d = tl.arange(0, HEAD_DIM)
         k_ptrs = k_base + offs_n[None, :] * stride_kl + offs_d[:, None]
-        v_ptrs = v_base + offs_n[:, None] * stride_vl + offs_d[None, :]
+        v_ptrs = _v_ptrs(v_base, offs_n, offs_d, stride_vl, PRECISION)
         if MASKED:
             k = tl.load(k_ptrs, mask=(offs_n < lim)[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=(offs_n < lim)[:, None], other=0.0)
