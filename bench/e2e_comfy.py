@@ -13,6 +13,7 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
                    (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
+  sparseflow_int8qk  the same with precision int8-qk (int8 Q·K); sparseflow_fp8: precision fp8 (also e4m3 P·V)
   sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
   sparseflow_spNNN the same with the Patch node's sparsity slider at NNN/100 (e.g. sparseflow_sp030)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
@@ -69,6 +70,8 @@ from bench.e2e.timing import Breakdown, StepTimer, sync  # noqa: E402
 
 log = logging.getLogger("sparseflow.bench.e2e")
 
+# the Patch node's `precision` choices other than fp16, as configuration names
+PRECISION_CONFIGS = {"sparseflow_int8qk": "int8-qk", "sparseflow_fp8": "fp8"}
 BASE_CONFIGS = ("default", "sage", "sol_attn", "sparseflow", "sparseflow_cal")
 
 
@@ -157,6 +160,8 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend)
         elif base == "sparseflow_nofuse":  # ComfyUI's own QK-norm + RoPE: isolates the fused prologue's gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_qk_norm_rope=False)
+        elif base in PRECISION_CONFIGS:  # sparseflow_int8qk / sparseflow_fp8: the Patch node's precision (spec §8)
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, precision=PRECISION_CONFIGS[base])
         elif base == "sparseflow_noblock":  # ComfyUI's own block adds + norms: isolates the fused blocks' gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
         elif base.startswith("sparseflow_sp") and base[len("sparseflow_sp"):].isdigit():  # e.g. sparseflow_sp030
