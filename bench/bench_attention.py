@@ -250,11 +250,13 @@ def main() -> None:
     rows: list = []
     providers = set(a.providers.split(",")) if a.providers else None
     tiers = a.tiers.split(",") if a.tiers else [None]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.shapes.split(","):
         run_shape(name, peak, peers, reasons, providers, rows, env, tiers, precisions)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps({"env": env, "peak_tflops": peak, "int8_peak_tops": round(ipeak, 1),
-                                                 "fp8_peak_tflops": round(fpeak, 1), "rows": rows}, indent=1))
+        # after every shape: a run cut by its time limit keeps the shapes it finished
+        Path(a.out + ".json").write_text(json.dumps({"env": env, "peak_tflops": peak,
+                                                     "int8_peak_tops": round(ipeak, 1),
+                                                     "fp8_peak_tflops": round(fpeak, 1), "rows": rows}, indent=1))
     md = table(rows)
     Path(a.out + ".md").write_text(md + "\n")
     print(f"\nbf16 matmul peak {peak:.1f} TFLOP/s; {env}\n{md}")

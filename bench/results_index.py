@@ -38,6 +38,21 @@ KERNEL = {
                                      "python3 -m pytest tests/test_kernels.py tests/test_ops.py tests/test_prologue.py "
                                      "tests/test_residual_norm.py; TIER_PARTS=tests bash bench/run_gpu.sh tiers",
                                      "NVIDIA H200"),
+    "bench_h200_int8_3fb78be.json": ("issue 21: fp16, int8-qk and fp8 (e4m3 v row-major, before 720fd4a) with the "
+                                     "hopper and the 99 KiB consumer configs, SDPA default and Sage 1.0.6; 14B rows "
+                                     "stop at fp8 random20 (stage cut at 300 s; rows from its log)",
+                                     "bash bench/run_gpu.sh int8", "NVIDIA H200"),
+    "bench_h200_int8_3fb78be.md": ("the table of bench_h200_int8_3fb78be.json", "(written from its rows)",
+                                   "NVIDIA H200"),
+    "bench_h200_fp8_vt_720fd4a.md": ("issue 21: fp8 with e4m3 v token-contiguous (720fd4a) beside fp16, 1.3B",
+                                     "python3 bench/bench_attention.py --shapes wan13b_480p --providers sdpa_default "
+                                     "--precision fp16,fp8 --tiers hopper", "NVIDIA H200"),
+    "gpu_tests_h200_3fb78be.log": ("GPU tests this session: kernel + LSE + op, the int8 / fp8 tests (4 bit-for-bit "
+                                   "pre-pass failures, fixed in fa2b956), the kernel tests with the consumer tier "
+                                   "forced, then the fp8 / int8 tests at 720fd4a", "bash bench/run_gpu.sh tests; bash "
+                                   "bench/run_gpu.sh int8; TEST_TIERS=consumer TIER_PARTS=tests bash bench/run_gpu.sh "
+                                   "tiers; python3 -m pytest tests/test_kernels_fp8.py tests/test_kernels_int8.py",
+                                   "NVIDIA H200"),
     "bench_h100_v3.json": ("Version 3 kernel bench, 1.3B and 14B (kernel of ef8dd86 = ea46e08)",
                            "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p "
                            "--providers sdpa_cudnn,flex,sla_triton,sol_attn_topk --out $OUT/bench", None),
@@ -97,6 +112,10 @@ E2E_NOTES = {
     "_v5_defc": "default + compile on the H200 (against the `_v5_compile2` 14B default)",
     "_newest": "issue 17: the newest-shape tree (0.3.64 + newest-overlay + comfy-kitchen 0.2.40's kernels) at 65110d7",
     "_0364": "issues 16-18: ComfyUI 0.3.64 in the same call as `_newest` (1.3B: the RTX configs forced, @consumer)",
+    "_newest_3fb78be": "issues 17, 19: the newest-shape tree at 3fb78be, with the Compare node's cost (8 steps; the "
+                       "run wrote e2e_wan21_1.3b_newest.json, renamed to keep the earlier run)",
+    "_0364_3fb78be": "issues 16, 19, 21: ComfyUI 0.3.64 in the same call as `_newest_3fb78be`: Compare, int8-qk, the "
+                     "RTX configs forced (@consumer), sol_attn, Sage (8 steps; written as e2e_wan21_1.3b_0364.json)",
 }
 TREE_TAGS = {"_newest": "NEWEST_CONFIGS", "_0364": "OLD_CONFIGS"}  # `run_e2e_gpu.sh trees` runs, one file per tree
 # runs whose flags the JSON does not record
@@ -112,9 +131,10 @@ def _e2e_row(path: Path) -> tuple[str, str, str, str, str]:
     tag = path.stem.removeprefix(f"e2e_{model}")
     configs = ",".join(r["config"] for r in data["rows"])
     cmd = f"{E2E} {model} --configs {configs} --steps {env['steps']}"
-    if tag in TREE_TAGS:
-        other = "OLD_CONFIGS" if tag == "_newest" else "NEWEST_CONFIGS"
-        cmd = (f"{TREE_TAGS[tag]}={configs} {other}=<the other file's, or -> bash bench/run_e2e_gpu.sh trees {model} "
+    tree_tag = next((t for t in TREE_TAGS if tag == t or tag.startswith(t + "_")), None)  # a renamed run: _0364_<commit>
+    if tree_tag is not None:
+        other = "OLD_CONFIGS" if tree_tag == "_newest" else "NEWEST_CONFIGS"
+        cmd = (f"{TREE_TAGS[tree_tag]}={configs} {other}=<the other file's, or -> bash bench/run_e2e_gpu.sh trees {model} "
                f"--steps {env['steps']}")
         tag = ""
     if env.get("warmup_steps"):
