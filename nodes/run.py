@@ -152,6 +152,7 @@ class RunState:
         `context()` stand for its self-attention calls.
         """
         cfg = self.config
+        self.telemetry.precision = cfg.precision
         noted, planned = self._noted, self._planned
         self._noted, self._planned = [], []
         if not noted:

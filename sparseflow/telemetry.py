@@ -40,6 +40,7 @@ class RunTelemetry:
     prologue: dict[str, int] = field(default_factory=dict)  # FUSED, REFERENCE or why ComfyUI's QK-norm + RoPE ran
     block_norms: dict[str, int] = field(default_factory=dict)  # FUSED, REFERENCE or why a block's own passes ran
     forward: str = ""  # which ComfyUI Wan forward the fused passes mirror (or why none), said in the summary
+    precision: str = "fp16"  # the patch's precision (spec §8), said in the summary when not fp16
 
     def reset(self) -> None:
         self.calls.clear()
@@ -108,6 +109,8 @@ class RunTelemetry:
         text = (f"SparseFlow: {len(self.steps())} steps, density per step [{dens}], heads "
                 f"sparse {counts['sparse']} / linear {counts['linear']} / dense {counts['dense']}, "
                 f"est. attention FLOPs saved {100 * self.flops_saved():.0f}%, backend {'+'.join(self.backends())}")
+        if self.precision != "fp16":  # all-dense calls stay on the dense path (spec §8)
+            text += f", precision {self.precision} (sparse, linear and mixed calls)"
         if self.passthrough:
             text += "; passed to ComfyUI attention: " + ", ".join(f"{k} x{v}" for k, v in self.passthrough.items())
         for label, counts in (("QK-norm + RoPE", self.prologue), ("block adds + norms", self.block_norms)):

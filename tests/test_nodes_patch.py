@@ -150,6 +150,7 @@ def test_quantized_precision_reaches_the_operator_inside_the_model(comfy, pack, 
         assert_close_report(c["out"], expected, atol=1e-6, rtol=1e-5, what=f"layer {c['layer']}")
         fp16 = reference_attention(c["q"], c["k"], c["v"], plan.with_precision("fp16"), heads=2)
         assert (c["out"] - fp16).abs().max() > 1e-5
+    assert f"precision {precision} (sparse, linear and mixed calls)" in _last(pack, patched).summary()
 
 
 @pytest.mark.parametrize("preset", ["fast", "balanced", "quality"])

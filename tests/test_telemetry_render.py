@@ -24,7 +24,9 @@ def test_summary_reports_steps_density_routes_savings_backend():
     assert t.route_counts() == {"dense": 0, "sparse": 2, "linear": 2}
     text = t.summary()
     assert "2 steps" in text and "[0.20 0.30]" in text and "saved 75%" in text and "reference" in text
-    assert "cross-attention x1" in text
+    assert "cross-attention x1" in text and "precision" not in text
+    t.precision = "int8-qk"
+    assert ", precision int8-qk (sparse, linear and mixed calls)" in t.summary()
     t.reset()
     assert t.summary().startswith("SparseFlow: no self-attention call")
 
