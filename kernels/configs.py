@@ -78,7 +78,8 @@ class Tier:
 C = LaunchConfig
 TIERS = (
     # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history); at fp8 it
-    # compiles to 245760 B with compensation and linear heads (triton 3.8)
+    # compiled to 245760 B with compensation and linear heads while e4m3 v was row-major; token-contiguous (720fd4a)
+    # it takes 232448 B, the limit (triton 3.8): not re-admitted until timed on a GPU
     Tier("hopper", 232448, (9,), True,
          (C(128, 128, 8, 3, with_fp8=False), C(128, 64, 8, 3)),
          (C(64, 64, 4, 3), C(64, 64, 4, 4))),
@@ -91,7 +92,8 @@ TIERS = (
          (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
     # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
-    # kernel: 114688 B on sm_120, triton 3.8); at fp8 128/64/8/3 takes 114688 B on sm_89 and sm_120
+    # kernel: 114688 B on sm_120, triton 3.8); at fp8 128/64/8/3 took 114688 B on sm_89 and sm_120 with row-major
+    # e4m3 v, 99840 B token-contiguous (720fd4a; triton 3.8 on sm_89): not re-admitted until timed on a GPU
     Tier("consumer", 101376, (), False,
          (C(128, 64, 8, 3, with_fp8=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
