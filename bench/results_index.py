@@ -131,11 +131,12 @@ def _e2e_row(path: Path) -> tuple[str, str, str, str, str]:
     tag = path.stem.removeprefix(f"e2e_{model}")
     configs = ",".join(r["config"] for r in data["rows"])
     cmd = f"{E2E} {model} --configs {configs} --steps {env['steps']}"
-    tree_tag = next((t for t in TREE_TAGS if tag == t or tag.startswith(t + "_")), None)  # a renamed run: _0364_<commit>
+    # a tree run, also renamed: _0364_<commit>
+    tree_tag = next((t for t in TREE_TAGS if tag == t or tag.startswith(t + "_")), None)
     if tree_tag is not None:
         other = "OLD_CONFIGS" if tree_tag == "_newest" else "NEWEST_CONFIGS"
-        cmd = (f"{TREE_TAGS[tree_tag]}={configs} {other}=<the other file's, or -> bash bench/run_e2e_gpu.sh trees {model} "
-               f"--steps {env['steps']}")
+        cmd = (f"{TREE_TAGS[tree_tag]}={configs} {other}=<the other file's, or -> "
+               f"bash bench/run_e2e_gpu.sh trees {model} --steps {env['steps']}")
         tag = ""
     if env.get("warmup_steps"):
         cmd += f" --warmup-steps {env['warmup_steps']}"

@@ -218,7 +218,8 @@ def _tma_scratch(size: int, alignment: int, stream):
 
 def descriptor_refusal(*ts: torch.Tensor) -> str | None:
     """Why K/V cannot go through tensor descriptors here (None if they can): 16-byte rows and bases. Every stride
-    but the unit one counts (fp8's e4m3 v is a (B, H, L, D) view of token-contiguous storage, kernels/fp8_prepass.py)."""
+    but the unit one counts (fp8's e4m3 v is a (B, H, L, D) view of token-contiguous storage,
+    kernels/fp8_prepass.py)."""
     for t in ts:  # int8 k (precision int8-qk) and fp16/bf16 v have different element sizes
         if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride() if s != 1):
             return "a K/V base or row stride is not a multiple of 16 bytes"
