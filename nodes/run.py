@@ -72,7 +72,7 @@ class RunState:
         self.timeline = timeline
         self.owner = owner  # the ModelPatcher being sampled (for last_run)
         self.plans = PlanCache(config)
-        self.telemetry = RunTelemetry()
+        self.telemetry = RunTelemetry(precision=config.precision)
         self._noted: list[NotedCall] = []
         # per model call, from context(): stands for the calls when none was noted eagerly (under torch.compile the
         # attention path writes nothing, so no guard sees counters)
@@ -152,7 +152,6 @@ class RunState:
         `context()` stand for its self-attention calls.
         """
         cfg = self.config
-        self.telemetry.precision = cfg.precision
         noted, planned = self._noted, self._planned
         self._noted, self._planned = [], []
         if not noted:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .quantize import scale_from_amax
+
 __all__ = ["E4M3_MAX", "P_SHIFT", "QuantizedV", "fp8_device_reason", "fp8_softmax_pv", "quantize_v", "to_e4m3"]
 
 E4M3_MAX = 448.0
@@ -43,8 +45,7 @@ def v_scale(v: torch.Tensor) -> torch.Tensor:
     (aminmax reads v once without an |v| copy)."""
     lo, hi = torch.aminmax(v, dim=2)
     amax = torch.maximum(-lo, hi).float()
-    # a tensor divisor, correctly rounded on CUDA too (sparseflow/quantize.py's quantize_blocks says why)
-    return torch.where(amax > 0, amax / torch.full_like(amax, E4M3_MAX), torch.ones_like(amax))
+    return scale_from_amax(amax, E4M3_MAX)
 
 
 @dataclass(frozen=True)

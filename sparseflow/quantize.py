@@ -26,7 +26,8 @@ import torch
 
 from .plan import FP8, INT8_QK
 
-__all__ = ["QuantizedQK", "dequantize", "int8_device_reason", "k_channel_mean", "quantize_blocks", "quantize_qk"]
+__all__ = ["QuantizedQK", "dequantize", "int8_device_reason", "k_channel_mean", "quantize_blocks", "quantize_qk",
+           "scale_from_amax"]
 
 QMAX = 127.0
 
@@ -37,6 +38,13 @@ def k_channel_mean(k: torch.Tensor) -> torch.Tensor:
     return k.mean(dim=2, dtype=torch.float32)
 
 
+def scale_from_amax(amax: torch.Tensor, top: float) -> torch.Tensor:
+    """fp32 symmetric scale amax / top, correctly rounded on every device (as the Triton pre-pass's div_rn), 1 where
+    amax is 0. A tensor divisor: torch on CUDA divides by a Python scalar as a multiply by its reciprocal, 1 ulp off
+    the correctly rounded quotient; tensor / tensor is IEEE division on the CPU and on CUDA alike."""
+    return torch.where(amax > 0, amax / torch.full_like(amax, top), torch.ones_like(amax))
+
+
 def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 (B, H, L, D), fp32 scales (B, H, N)) of fp32 x (B, H, L, D), one symmetric scale per block of tokens."""
     b, h, length, d = x.shape
@@ -44,9 +52,7 @@ def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Te
     pad = torch.zeros(b, h, n * block - length, d, dtype=torch.float32, device=x.device)
     xb = torch.cat([x.float(), pad], dim=2).view(b, h, n, block, d)
     amax = xb.abs().amax(dim=(3, 4))
-    # a tensor divisor: torch on CUDA divides by a Python scalar as a multiply by its reciprocal (1 ulp off the
-    # correctly rounded quotient that the Triton pre-pass computes); tensor / tensor is IEEE division on both devices
-    scale = torch.where(amax > 0, amax / torch.full_like(amax, QMAX), torch.ones_like(amax))
+    scale = scale_from_amax(amax, QMAX)
     x8 = torch.round(xb / scale[..., None, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     return x8.view(b, h, n * block, d)[:, :, :length], scale
 
