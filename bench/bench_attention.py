@@ -214,6 +214,8 @@ def main() -> None:
                     f"{', '.join(PRECISIONS)} (default {FP16})")
     ap.add_argument("--sweep", action="store_true", help="time every tier's configs side by side instead")
     ap.add_argument("--cases", default="", help="--sweep: comma-separated cases (dense, window0+anchor0, random10)")
+    ap.add_argument("--extra-configs", default="", help="--sweep: candidates timed beside the tiers' own configs, "
+                    "tier:BM/BN/warps/stages,... (e.g. consumer:128/32/8/3)")
     ap.add_argument("--tiers", default="", help="comma-separated launch tiers (kernels/configs.py): --sweep times "
                     "their configs; the bench runs each SparseFlow row once per tier (default: the device's own)")
     a = ap.parse_args()
@@ -222,12 +224,14 @@ def main() -> None:
         ap.error(f"--precision takes {', '.join(PRECISIONS)}; got {a.precision!r}")
     env = environment()
     if a.sweep:
-        from bench_sweep import sweep, sweep_table
+        from bench_sweep import parse_extra, sweep, sweep_table
 
+        if len(precisions) != 1:
+            ap.error("--sweep times one --precision")
         peak = matmul_peak()
         print(f"sweep: bf16 matmul 8192^3 peak {peak:.1f} TFLOP/s on {env['gpu']}; {env}", flush=True)
         rows = sweep(a.shapes.split(","), peak, env, a.tiers.split(",") if a.tiers else ["hopper", "a100", "consumer"],
-                     set(a.cases.split(",")) if a.cases else None)
+                     set(a.cases.split(",")) if a.cases else None, parse_extra(a.extra_configs), precisions[0])
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out + "_sweep.json").write_text(json.dumps({"env": env, "peak_tflops": peak, "rows": rows}, indent=1))
         md = sweep_table(rows)

@@ -3,7 +3,8 @@
 # GPU tests of the kernel and the op, then the bench; logs, JSON rows and the markdown table go to $OUT.
 #
 #   bash bench/run_gpu.sh [all|tests|bench|sweep|tiers|profile|prologue|int8]  SHAPES=wan13b_480p,wan14b_720p picks shapes
-#   sweep: every launch tier's configs side by side (bench_attention.py --sweep; kernels/configs.py)
+#   sweep: every launch tier's configs side by side (bench_attention.py --sweep; kernels/configs.py), plus
+#          EXTRA_CONFIGS candidates
 #   tiers: the kernel tests with each smaller tier's configs forced ($SPARSEFLOW_LAUNCH_TIER: what an A100 and an
 #          RTX 30/40/50 card get, on this GPU), then the bench's SparseFlow rows once per tier, and the config sweep
 #          (TIER_PARTS="tests bench sweep" picks parts; TEST_TIERS, TIERS, TIER_SHAPES pick tiers and shapes)
@@ -56,9 +57,14 @@ if [[ "$STAGE" == tiers && "$PARTS" == *sweep* ]]; then
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 if [[ "$STAGE" == sweep ]]; then
-    python3 bench/bench_attention.py --sweep --shapes "${SWEEP_SHAPES:-wan13b_480p,wan14b_720p}" --out "$OUT/bench" \
-        2>&1 | tee "$OUT/sweep.log"
-    rc=$(( rc | PIPESTATUS[0] ))
+    # SWEEP_CASES, SWEEP_TIERS, EXTRA_CONFIGS (tier:BM/BN/warps/stages,...: candidates beside the tiers' own) and
+    # SWEEP_PRECISIONS (one sweep each) narrow or widen it
+    for precision in ${SWEEP_PRECISIONS:-fp16}; do
+        python3 bench/bench_attention.py --sweep --shapes "${SWEEP_SHAPES:-wan13b_480p,wan14b_720p}" \
+            --cases "${SWEEP_CASES:-}" --tiers "${SWEEP_TIERS:-}" --extra-configs "${EXTRA_CONFIGS:-}" \
+            --precision "$precision" --out "$OUT/bench_$precision" 2>&1 | tee "$OUT/sweep_$precision.log"
+        rc=$(( rc | PIPESTATUS[0] ))
+    done
 fi
 if [[ "$STAGE" == profile ]]; then
     ncu --profile-from-start off --clock-control none --kernel-name regex:'_fused_fwd_kernel|_norm_rope_kernel' \
