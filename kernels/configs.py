@@ -46,8 +46,7 @@ class LaunchConfig:
     """One launch of the fused kernel: query rows and keys per tile, warps, software-pipeline stages.
 
     `with_lut=False`: not for calls with a top-k LUT (that path's second pipelined loop needs more memory).
-    `with_int8=False`: not for precision int8-qk or fp8 (spec §8), where it compiles to more than its tier allows;
-    `with_fp8=False`: not for precision fp8 alone (tests/test_launch_targets_fp8.py).
+    `with_int8=False`: not for precision int8-qk or fp8 (spec §8), where it compiles to more than its tier allows.
     """
 
     block_m: int
@@ -56,7 +55,6 @@ class LaunchConfig:
     stages: int
     with_lut: bool = True
     with_int8: bool = True
-    with_fp8: bool = True
 
     def triton(self) -> triton.Config:
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, num_warps=self.warps,
@@ -73,29 +71,34 @@ class Tier:
     descriptors: bool  # K/V through tensor descriptors (needs the sm_90+ copy engine)
     block128: tuple[LaunchConfig, ...]
     block64: tuple[LaunchConfig, ...]
+    fp8_descriptors: bool = True  # precision fp8 too (where `descriptors`); False: fp8 calls take pointer loads
 
 
 C = LaunchConfig
 TIERS = (
-    # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history); at fp8 it
-    # compiled to 245760 B with compensation and linear heads while e4m3 v was row-major; token-contiguous (720fd4a)
-    # it takes 232448 B, the limit (triton 3.8): not re-admitted until timed on a GPU
+    # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history), fp8 included
+    # since e4m3 v is token-contiguous (720fd4a: 232448 B, the limit, triton 3.8); fp8 calls read K/V through
+    # pointers: on the H200, 1.3B window 0, 1.804 ms vs 1.898 with descriptors (128/64/8/3: 2.005 vs 2.119;
+    # bench/results/bench_h200_sweep_fp8_67a3401.md)
     Tier("hopper", 232448, (9,), True,
-         (C(128, 128, 8, 3, with_fp8=False), C(128, 64, 8, 3)),
-         (C(64, 64, 4, 3), C(64, 64, 4, 4))),
+         (C(128, 128, 8, 3), C(128, 64, 8, 3)),
+         (C(64, 64, 4, 3), C(64, 64, 4, 4)), fp8_descriptors=False),
     # B200 (sm_100): the same budget, but 128/128/8/3 compiles to 544 B over it there (tcgen05 MMA)
     Tier("blackwell", 232448, (10,), True,
          (C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 4))),
-    # A100 (and sm_87): 128/128/8/3 takes exactly its 166912 B on sm_80.
+    # A100 (and sm_87): 128/128/8/3 takes exactly its 166912 B on sm_80. Slower candidates that fit (H200 sweep as
+    # for the consumer tier): 128/64/8/4, 128/64/8/5, 64/128/4/2, 64/128/4/3, 64/128/8/2
     Tier("a100", 166912, (), False,
          (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
     # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
-    # kernel: 114688 B on sm_120, triton 3.8); at fp8 128/64/8/3 took 114688 B on sm_89 and sm_120 with row-major
-    # e4m3 v, 99840 B token-contiguous (720fd4a; triton 3.8 on sm_89): not re-admitted until timed on a GPU
+    # kernel: 114688 B on sm_120, triton 3.8). fp8 128/64/8/3 fits since e4m3 v is token-contiguous (720fd4a: 99840
+    # B on sm_89) and is the tier's fastest fp8 config on the H200 (1.995 ms, 1.3B window 0; 128/64/8/2 2.381).
+    # Candidates that fit and were slower there (bench/results/bench_h200_sweep_67a3401.md): 128/32/8/3..5,
+    # 64/64/4/3, 64/32/4/4
     Tier("consumer", 101376, (), False,
-         (C(128, 64, 8, 3, with_fp8=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
+         (C(128, 64, 8, 3), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
     # 64 KiB parts (sm_75 T4 and the like)
     Tier("small", 0, (), False,
@@ -138,18 +141,19 @@ def tier_for(limits: DeviceLimits) -> Tier:
     return TIERS[-1]
 
 
-def use_descriptors(limits: DeviceLimits, tier: Tier) -> bool:
-    """K/V through tensor descriptors: the tier takes them and the device has the sm_90+ copy engine."""
-    return tier.descriptors and limits.capability[0] >= 9 and hasattr(tl, "make_tensor_descriptor") \
-        and hasattr(triton, "set_allocator")
+def use_descriptors(limits: DeviceLimits, tier: Tier, fp8: bool = False) -> bool:
+    """K/V through tensor descriptors: the tier takes them (at precision fp8: `fp8_descriptors` too) and the device
+    has the sm_90+ copy engine."""
+    return tier.descriptors and (tier.fp8_descriptors or not fp8) and limits.capability[0] >= 9 \
+        and hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 
 
-def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False, fp8: bool = False) -> list[LaunchConfig]:
+def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False) -> list[LaunchConfig]:
     """The tier's configs for a spec block (tiles dividing it), call kind and precision (int8: int8-qk or fp8, whose
-    Q·K is int8; fp8: fp8)."""
+    Q·K is int8)."""
     listed = tier.block128 if block == 128 else tier.block64
     return [c for c in listed if block % c.block_m == 0 and block % c.block_n == 0 and (c.with_lut or not has_lut)
-            and (c.with_int8 or not (int8 or fp8)) and (c.with_fp8 or not fp8)]
+            and (c.with_int8 or not int8)]
 
 
 def interpret_config() -> dict:
@@ -167,8 +171,7 @@ def keep(configs, named_args, **kwargs) -> list:
     limits = device_limits(args["Q"].device)
     tier = TIERS[args["TIER"]]
     wanted = {(c.block_m, c.block_n, c.warps, c.stages)
-              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]),
-                                      args["PRECISION"] == 2)}
+              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]))}
     fits, needs = [], []
     for c in configs:
         key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
@@ -233,18 +236,18 @@ def ensure_allocator() -> None:
         triton.set_allocator(_tma_scratch)
 
 
-def launch_plan(kb: torch.Tensor, vb: torch.Tensor) -> tuple[int, bool]:
-    """(tier index, descriptors on) for a call on kb's device; sets Triton's descriptor allocator on first use and
-    logs the tier once per device."""
+def launch_plan(kb: torch.Tensor, vb: torch.Tensor, fp8: bool = False) -> tuple[int, bool]:
+    """(tier index, descriptors on) for a call on kb's device (`fp8`: a precision fp8 call); sets Triton's
+    descriptor allocator on first use and logs the tier once per device and load path."""
     limits = device_limits(kb.device)
     tier = tier_for(limits)
-    tma = use_descriptors(limits, tier)
+    tma = use_descriptors(limits, tier, fp8)
     why = descriptor_refusal(kb, vb) if tma else None
-    key = ("tier", limits, tier.name, why)
+    key = ("tier", limits, tier.name, why, fp8)
     if key not in _logged:
         _logged.add(key)
-        log.info("fused kernel on %s: tier %s%s%s", limits.describe(), tier.name,
-                 " (forced by $%s)" % TIER_ENV if os.environ.get(TIER_ENV) else "",
+        log.info("fused kernel on %s: tier %s%s%s%s", limits.describe(), tier.name,
+                 " (forced by $%s)" % TIER_ENV if os.environ.get(TIER_ENV) else "", " at precision fp8" if fp8 else "",
                  ", K/V through tensor descriptors" if tma and why is None else
                  f", pointer loads ({why})" if why else ", pointer loads")
     return TIER_NAMES.index(tier.name), tma and why is None

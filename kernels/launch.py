@@ -99,7 +99,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             ob.stride(0), ob.stride(1), ob.stride(2),
             qk_scale, length, g.prefix, g.frames, g.tokens_per_frame, tabs.n, tabs.nseg, kl,
             int(plan.compensation), int(plan.linear_own_block), int(not pooled_linear), int(_lut_only), bsz, nh)
-    tier, tma = (0, False) if configs.INTERPRET else configs.launch_plan(kb, vb)
+    tier, tma = (0, False) if configs.INTERPRET else configs.launch_plan(kb, vb, plan.precision == FP8)
     if _descriptors is not None:
         tma = _descriptors
     if tma and not configs.INTERPRET:

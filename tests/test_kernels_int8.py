@@ -142,7 +142,7 @@ def test_a_compiled_launch_failure_of_int8_qk_is_a_kernel_launch_error_and_fp16_
             return launch
 
     monkeypatch.setattr(configs, "INTERPRET", False)
-    monkeypatch.setattr(configs, "launch_plan", lambda kb, vb: (0, False))
+    monkeypatch.setattr(configs, "launch_plan", lambda kb, vb, fp8=False: (0, False))
     monkeypatch.setattr(launch_mod, "int8_device_reason", lambda q: None)
     monkeypatch.setattr(launch_mod, "_kernel", lambda: _Failing())
     plan = AttentionPlan(G_ODD, (SPARSE, DENSE), (0, 0), (0, 0), precision=precision, block=64)

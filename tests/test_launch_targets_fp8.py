@@ -36,9 +36,9 @@ def _jobs() -> list[tuple[str, tuple, int]]:
     for cc in FP8_TARGETS:
         limits = _limits(cc)
         tier = configs.tier_for(limits)
-        tma = configs.use_descriptors(limits, tier)
+        tma = configs.use_descriptors(limits, tier, fp8=True)
         for block in (64, 128):
-            for c in configs.launch_configs(tier, block, has_lut=False, int8=True, fp8=True):
+            for c in configs.launch_configs(tier, block, has_lut=False, int8=True):
                 cfg = (c.block_m, c.block_n, c.warps, c.stages)
                 for kind in sorted({(False, True, True), (c.with_lut, True, True)}):
                     what = f"fused fp8 {'/'.join(map(str, cfg))} block {block} kind {''.join(map(str, map(int, kind)))}"
@@ -74,7 +74,7 @@ def test_every_fp8_target_keeps_a_config_for_each_spec_block_and_call_kind(cc):
     tier = configs.tier_for(_limits(cc))
     for block in (64, 128):
         for lut in (False, True):
-            assert configs.launch_configs(tier, block, lut, int8=True, fp8=True), \
+            assert configs.launch_configs(tier, block, lut, int8=True), \
                 f"sm_{cc} ({tier.name}): no fp8 config for block {block}, lut={lut}"
 
 
