@@ -47,6 +47,8 @@ class LaunchConfig:
 
     `with_lut=False`: not for calls with a top-k LUT (that path's second pipelined loop needs more memory).
     `with_int8=False`: not for precision int8-qk or fp8 (spec §8), where it compiles to more than its tier allows.
+    `with_fp8_mixed=False`: not for precision fp8 calls that have compensated sparse heads and linear heads and no
+    top-k LUT, the call kind that compiles largest at fp8 (tests/test_launch_targets_fp8.py).
     """
 
     block_m: int
@@ -55,6 +57,7 @@ class LaunchConfig:
     stages: int
     with_lut: bool = True
     with_int8: bool = True
+    with_fp8_mixed: bool = True
 
     def triton(self) -> triton.Config:
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, num_warps=self.warps,
@@ -77,11 +80,11 @@ class Tier:
 C = LaunchConfig
 TIERS = (
     # H100/H200. 128/128/8/3 fastest on every Wan row (docs/performance.md, "GPUs users own"; history), fp8 included
-    # since e4m3 v is token-contiguous (720fd4a: 232448 B, the limit, triton 3.8); fp8 calls read K/V through
-    # pointers: on the H200, 1.3B window 0, 1.804 ms vs 1.898 with descriptors (128/64/8/3: 2.005 vs 2.119;
-    # bench/results/bench_h200_sweep_fp8_67a3401.md)
+    # since e4m3 v is token-contiguous (720fd4a), except for the mixed kind (245760 B on sm_90, triton 3.8 and 3.6);
+    # fp8 calls read K/V through pointers: on the H200, 1.3B window 0, 1.804 ms vs 1.898 with descriptors
+    # (128/64/8/3: 2.005 vs 2.119; bench/results/bench_h200_sweep_fp8_67a3401.md)
     Tier("hopper", 232448, (9,), True,
-         (C(128, 128, 8, 3), C(128, 64, 8, 3)),
+         (C(128, 128, 8, 3, with_fp8_mixed=False), C(128, 64, 8, 3)),
          (C(64, 64, 4, 3), C(64, 64, 4, 4)), fp8_descriptors=False),
     # B200 (sm_100): the same budget, but 128/128/8/3 compiles to 544 B over it there (tcgen05 MMA)
     Tier("blackwell", 232448, (10,), True,
@@ -94,11 +97,12 @@ TIERS = (
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
     # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
     # kernel: 114688 B on sm_120, triton 3.8). fp8 128/64/8/3 fits since e4m3 v is token-contiguous (720fd4a: 99840
-    # B on sm_89) and is the tier's fastest fp8 config on the H200 (1.995 ms, 1.3B window 0; 128/64/8/2 2.381).
+    # B on sm_89), but for the mixed kind (114688 B on sm_89/120), and is the tier's fastest fp8 config on the H200
+    # (1.995 ms, 1.3B window 0; 128/64/8/2 2.381).
     # Candidates that fit and were slower there (bench/results/bench_h200_sweep_67a3401.md): 128/32/8/3..5,
     # 64/64/4/3, 64/32/4/4
     Tier("consumer", 101376, (), False,
-         (C(128, 64, 8, 3), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
+         (C(128, 64, 8, 3, with_fp8_mixed=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
     # 64 KiB parts (sm_75 T4 and the like)
     Tier("small", 0, (), False,
@@ -148,12 +152,13 @@ def use_descriptors(limits: DeviceLimits, tier: Tier, fp8: bool = False) -> bool
         and hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 
 
-def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False) -> list[LaunchConfig]:
+def launch_configs(tier: Tier, block: int, has_lut: bool, int8: bool = False,
+                   fp8_mixed: bool = False) -> list[LaunchConfig]:
     """The tier's configs for a spec block (tiles dividing it), call kind and precision (int8: int8-qk or fp8, whose
-    Q·K is int8)."""
+    Q·K is int8; fp8_mixed: a precision fp8 call with compensation and linear heads and no top-k LUT)."""
     listed = tier.block128 if block == 128 else tier.block64
     return [c for c in listed if block % c.block_m == 0 and block % c.block_n == 0 and (c.with_lut or not has_lut)
-            and (c.with_int8 or not int8)]
+            and (c.with_int8 or not int8) and (c.with_fp8_mixed or not fp8_mixed)]
 
 
 def interpret_config() -> dict:
@@ -171,7 +176,9 @@ def keep(configs, named_args, **kwargs) -> list:
     limits = device_limits(args["Q"].device)
     tier = TIERS[args["TIER"]]
     wanted = {(c.block_m, c.block_n, c.warps, c.stages)
-              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]))}
+              for c in launch_configs(tier, args["BLOCK"], bool(args["HAS_LUT"]), bool(args["PRECISION"]),
+                                      args["PRECISION"] == 2 and not args["HAS_LUT"] and bool(args["HAS_COMP"])
+                                      and bool(args["HAS_LINEAR"]))}
     fits, needs = [], []
     for c in configs:
         key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)

@@ -5,8 +5,10 @@ For sm_89 (RTX 40, L4/L40), sm_90 (H100/H200), sm_100 (B200) and sm_120 (RTX 50)
 CPU machine (tests/cross_compile.py) with every config the autotuner keeps there for fp8 (kernels/configs.py: the
 device's tier, both spec blocks, the call kinds needing the most memory: compensation and linear heads, with and
 without the top-k LUT; on 2026-12-03, triton 3.8, all eight kinds were compiled once for every kept config and
-target and one of these two needed the most every time; unlike fp16 and int8-qk, the kind without the LUT is often
-the larger), as tests/test_launch_targets.py does for fp16 and int8-qk: the launch's shared memory must be within
+target and one of these two needed the most every time; unlike fp16 and int8-qk, the kind without the LUT, "mixed",
+is the larger; a config kept for every kind but that one, `with_fp8_mixed=False`, is compiled for the LUT kind and
+for compensation alone, the next largest), as tests/test_launch_targets.py does for fp16 and int8-qk: the launch's
+shared memory must be within
 the target's opt-in limit, and the PTX must hold an e4m3 MMA (`mma.sync ... e4m3` on sm_89/120, `wgmma ... e4m3`
 on sm_90, `tcgen05.mma ... kind::f8f6f4` on sm_100). The fp8 pre-pass (kernels/fp8_prepass.py) compiles and fits
 too. Below sm_89 Triton does not compile the kernel, and the op refuses fp8 there (sparseflow/fp8.py).
@@ -40,7 +42,11 @@ def _jobs() -> list[tuple[str, tuple, int]]:
         for block in (64, 128):
             for c in configs.launch_configs(tier, block, has_lut=False, int8=True):
                 cfg = (c.block_m, c.block_n, c.warps, c.stages)
-                for kind in sorted({(False, True, True), (c.with_lut, True, True)}):
+                # the mixed kind where the config takes it, else the two next largest (LUT + compensation + linear;
+                # compensation alone)
+                kinds = {(False, True, True)} if c.with_fp8_mixed else {(False, True, False)}
+                kinds |= {(True, True, True)} if c.with_lut else set()
+                for kind in sorted(kinds):
                     what = f"fused fp8 {'/'.join(map(str, cfg))} block {block} kind {''.join(map(str, map(int, kind)))}"
                     jobs.append((what, ("fused", (cfg, block, tma, *kind, "fp16", "fp8"), cc), cc))
             jobs.append((f"quantize_fp8 block {block}", ("quantize_fp8", (block,), cc), cc))
@@ -73,9 +79,9 @@ def test_every_kept_fp8_launch_fits_and_multiplies_in_e4m3(compiled, cc):
 def test_every_fp8_target_keeps_a_config_for_each_spec_block_and_call_kind(cc):
     tier = configs.tier_for(_limits(cc))
     for block in (64, 128):
-        for lut in (False, True):
-            assert configs.launch_configs(tier, block, lut, int8=True), \
-                f"sm_{cc} ({tier.name}): no fp8 config for block {block}, lut={lut}"
+        for lut, mixed in ((False, False), (True, False), (False, True)):
+            assert configs.launch_configs(tier, block, lut, int8=True, fp8_mixed=mixed), \
+                f"sm_{cc} ({tier.name}): no fp8 config for block {block}, lut={lut}, mixed={mixed}"
 
 
 def test_fp8_does_not_compile_for_sm86_so_it_is_refused_there():
