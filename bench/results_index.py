@@ -53,6 +53,34 @@ KERNEL = {
                                    "bench/run_gpu.sh int8; TEST_TIERS=consumer TIER_PARTS=tests bash bench/run_gpu.sh "
                                    "tiers; python3 -m pytest tests/test_kernels_fp8.py tests/test_kernels_int8.py",
                                    "NVIDIA H200"),
+    "bench_h200_sweep_67a3401.json": ("issue 16: each tier's configs and fitting candidates (EXTRA_CONFIGS) on the "
+                                      "all-sparse window 0 + anchor 0 case, 1.3B and 14B; none beat their tier's own",
+                                      "EXTRA_CONFIGS=<docs/performance.md> SWEEP_CASES=window0-sparse bash "
+                                      "bench/run_gpu.sh sweep", None),
+    "bench_h200_sweep_67a3401.md": ("the table of bench_h200_sweep_67a3401.json", "(written by the same run)",
+                                    "NVIDIA H200"),
+    "bench_h200_sweep_fp8_67a3401.json": ("issue 21: fp8 configs and load paths of the hopper and consumer tiers, 1.3B "
+                                          "window 0 (every head sparse): the dropped 128/128/8/3 and 128/64/8/3 timed",
+                                          "EXTRA_CONFIGS=hopper:128/128/8/3 SWEEP_TIERS=hopper,consumer SWEEP_SHAPES="
+                                          "wan13b_480p SWEEP_CASES=window0-sparse SWEEP_PRECISIONS=fp8 bash "
+                                          "bench/run_gpu.sh sweep", None),
+    "bench_h200_sweep_fp8_67a3401.md": ("the table of bench_h200_sweep_fp8_67a3401.json", "(written by the same run)",
+                                        "NVIDIA H200"),
+    "bench_h200_int8_f3401cf.json": ("issue 21: fp16, int8-qk and fp8 with the hopper and consumer configs, 1.3B, "
+                                     "SDPA default and Sage 1.0.6 (fp8 configs re-admitted, fp8 on pointer loads)",
+                                     "INT8_SHAPES=wan13b_480p bash bench/run_gpu.sh int8", None),
+    "bench_h200_int8_f3401cf.md": ("the table of bench_h200_int8_f3401cf.json", "(written by the same run)",
+                                   "NVIDIA H200"),
+    "bench_h200_fp8_14b_f3401cf.json": ("issue 21: fp16 and fp8 with the hopper and consumer configs, 14B",
+                                        "python3 bench/bench_attention.py --shapes wan14b_720p --providers "
+                                        "sdpa_default --precision fp16,fp8 --tiers hopper,consumer", None),
+    "bench_h200_fp8_14b_f3401cf.md": ("the table of bench_h200_fp8_14b_f3401cf.json", "(written by the same run)",
+                                      "NVIDIA H200"),
+    "gpu_tests_h200_f3401cf.log": ("GPU tests at f3401cf: the int8 / fp8 tests on the H200's own tier (52 passed), "
+                                   "the fp8 kernel tests with the consumer tier forced (14 passed)",
+                                   "python3 -m pytest tests/test_kernels_int8.py tests/test_quantize.py "
+                                   "tests/test_kernels_fp8.py tests/test_fp8.py; SPARSEFLOW_LAUNCH_TIER=consumer "
+                                   "python3 -m pytest tests/test_kernels_fp8.py", "NVIDIA H200"),
     "bench_h100_v3.json": ("Version 3 kernel bench, 1.3B and 14B (kernel of ef8dd86 = ea46e08)",
                            "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p "
                            "--providers sdpa_cudnn,flex,sla_triton,sol_attn_topk --out $OUT/bench", None),
@@ -114,6 +142,10 @@ E2E_NOTES = {
     "_0364": "issues 16-18: ComfyUI 0.3.64 in the same call as `_newest` (1.3B: the RTX configs forced, @consumer)",
     "_newest_3fb78be": "issues 17, 19: the newest-shape tree at 3fb78be, with the Compare node's cost (8 steps; the "
                        "run wrote e2e_wan21_1.3b_newest.json, renamed to keep the earlier run)",
+    "_q_f3401cf": "issue 21: 14B with int8-qk and fp8 beside fp16, core sol_attn and Sage (2 steps after a 1-step "
+                  "warm-up; written as e2e_wan21_14b.json)",
+    "_0364_f3401cf": "issue 21: 1.3B fp8 (and with the RTX configs forced) beside fp16 on ComfyUI 0.3.64 (4 steps; "
+                     "written as e2e_wan21_1.3b_0364.json)",
     "_0364_3fb78be": "issues 16, 19, 21: ComfyUI 0.3.64 in the same call as `_newest_3fb78be`: Compare, int8-qk, the "
                      "RTX configs forced (@consumer), sol_attn, Sage (8 steps; written as e2e_wan21_1.3b_0364.json)",
 }
