@@ -51,8 +51,9 @@ def sweep(shapes: list[str], peak: float, env: dict, tiers: list[str], only: set
           extra: dict | None = None, precision: str = "fp16") -> list:
     """Every (tier, config) of `sweep_entries` on: all-dense kernel (1.3B only), window 0 + anchor 0 (compensation
     and a third of heads linear, as the default schedule's first steps), the same with every head sparse
-    ("window0-sparse": the kernel bench's window0+anchor0 case, the one issue 16's targets name), random 10 %
-    LUT-only; at `precision` (plans' Q·K precision, spec §8).
+    ("window0-sparse": the kernel bench's window0+anchor0 case, the one issue 16's targets name, without pooled
+    compensation; "+comp": with it, as the default schedule runs), random 10 % LUT-only; at `precision` (plans' Q·K
+    precision, spec §8).
 
     Each output is compared with the first entry's output on the same case: rel. error must stay < 1e-2.
     Also times SDPA default and the op's all-dense dispatch (torch SDPA) on the same inputs.
@@ -87,8 +88,10 @@ def sweep(shapes: list[str], peak: float, env: dict, tiers: list[str], only: set
         lut = torch.sort(pick[..., :round(0.1 * n)], -1).values.to(torch.int32).cuda()  # random 10 %, ascending
         rplan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=BLOCK)
         w0s = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), block=BLOCK)
+        w0c = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), compensation=True, block=BLOCK)
         cases = [("window0+anchor0", w0, None, 4 * D * BLOCK * BLOCK * batch * sum(pair_counts(w0)[0])),
                  ("window0-sparse", w0s, None, 4 * D * BLOCK * BLOCK * batch * sum(pair_counts(w0s)[0])),
+                 ("window0-sparse+comp", w0c, None, 4 * D * BLOCK * BLOCK * batch * sum(pair_counts(w0c)[0])),
                  ("random10", rplan, lut, 4 * D * BLOCK * BLOCK * int(lut.numel()))]
         if g.length < 50000:
             cases.insert(0, ("dense", all_dense, None, dense_flops))

@@ -8,7 +8,8 @@ cudaProfilerStart/Stop, so `ncu --profile-from-start off` measures that launch a
 
 (`bash bench/run_gpu.sh profile` runs that with the sections docs/performance.md reports.) The kernel runs at
 the config the autotuner picks on these shapes (BLOCK_M 128, BLOCK_N 128, 8 warps, 3 stages) so no autotune
-launch is profiled.
+launch is profiled; `--config`, `--pointers` (K/V through pointers, as the a100 and consumer tiers and fp8 read
+them) and `--precision` (spec §8) profile another launch of the same cases.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __import__("pack_package").load_pack_package()
 
 from comfyui_sparseflow.kernels import fused_attention  # noqa: E402
 from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
-from comfyui_sparseflow.sparseflow.plan import DENSE, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
+from comfyui_sparseflow.sparseflow.plan import DENSE, PRECISIONS, SPARSE, AttentionPlan, uniform_plan  # noqa: E402
 
 CONFIG = (128, 128, 8, 3)
 CASES = {  # name: (batch, heads, geometry, route, window, density of a random LUT-only mask or None)
@@ -51,7 +52,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="w0_13b,dense_13b,w0_14b")
     p.add_argument("--prologue", action="store_true", help="also one fused QK prologue launch at the 1.3B shape")
+    p.add_argument("--config", default="/".join(map(str, CONFIG)), help="BLOCK_M/BLOCK_N/warps/stages")
+    p.add_argument("--pointers", action="store_true", help="K/V through pointers instead of tensor descriptors")
+    p.add_argument("--precision", default="fp16", choices=PRECISIONS)
     a = p.parse_args()
+    config = tuple(int(x) for x in a.config.split("/"))
     cudart = torch.cuda.cudart()
     for name in a.cases.split(","):
         batch, heads, g, route, window, density = CASES[name]
@@ -61,7 +66,9 @@ def main() -> None:
         else:
             lut = random_lut(batch, heads, -(-g.length // 128), density)
             plan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=128)
-        kwargs = {"heads": heads, "_config": CONFIG, "lut": lut, "_lut_only": lut is not None}
+        plan = plan.with_precision(a.precision)
+        kwargs = {"heads": heads, "_config": config, "lut": lut, "_lut_only": lut is not None,
+                  "_descriptors": False if a.pointers else None}
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(batch, g.length, heads * 128, device="cuda", generator=gen, dtype=torch.bfloat16)
                    for _ in range(3))
@@ -73,7 +80,8 @@ def main() -> None:
         torch.cuda.synchronize()
         cudart.cudaProfilerStop()
         what = f"random LUT {density:g}" if lut is not None else f"route={route} window={window}"
-        print(f"profiled {name}: B={batch} H={heads} L={g.length} {what}", flush=True)
+        print(f"profiled {name}: B={batch} H={heads} L={g.length} {what} config {a.config} precision {a.precision}"
+              f"{' pointers' if a.pointers else ''}", flush=True)
         del q, k, v
     if a.prologue:
         from comfyui_sparseflow.sparseflow.prologue import norm_rope_qk

@@ -8,7 +8,8 @@
 #   tiers: the kernel tests with each smaller tier's configs forced ($SPARSEFLOW_LAUNCH_TIER: what an A100 and an
 #          RTX 30/40/50 card get, on this GPU), then the bench's SparseFlow rows once per tier, and the config sweep
 #          (TIER_PARTS="tests bench sweep" picks parts; TEST_TIERS, TIERS, TIER_SHAPES pick tiers and shapes)
-#   profile: Nsight Compute on one launch per case of bench/profile_kernel.py (CASES=w0_13b,dense_13b,w0_14b)
+#   profile: Nsight Compute on one launch per case of bench/profile_kernel.py (CASES=w0_13b,dense_13b,w0_14b;
+#            PROFILE_ARGS="--config 128/64/8/3 --pointers --precision fp8" another launch, PROFILE_TAG names the file)
 #   prologue: the fused QK-norm + RoPE prologue against ComfyUI's code path (bench/bench_prologue.py)
 #   int8: the int8-qk and fp8 paths (spec §8): their GPU tests against the quantized references, then the bench's
 #         SparseFlow rows at fp16, int8-qk and fp8 with the hopper and the 99 KiB consumer configs (TIERS, INT8_SHAPES
@@ -71,7 +72,8 @@ if [[ "$STAGE" == profile ]]; then
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section InstructionStats \
-        python3 bench/profile_kernel.py --cases "${CASES:-w0_13b,dense_13b,w0_14b}" --prologue 2>&1 | tee "$OUT/ncu.txt"
+        python3 bench/profile_kernel.py --cases "${CASES:-w0_13b,dense_13b,w0_14b}" ${PROFILE_ARGS:---prologue} 2>&1 \
+        | tee "$OUT/ncu${PROFILE_TAG:-}.txt"
     rc=$(( rc | PIPESTATUS[0] ))
 fi
 if [[ "$STAGE" == int8 ]]; then
