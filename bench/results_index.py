@@ -81,6 +81,25 @@ KERNEL = {
                                    "python3 -m pytest tests/test_kernels_int8.py tests/test_quantize.py "
                                    "tests/test_kernels_fp8.py tests/test_fp8.py; SPARSEFLOW_LAUNCH_TIER=consumer "
                                    "python3 -m pytest tests/test_kernels_fp8.py", "NVIDIA H200"),
+    "bench_h200_sweep_comp_d9bf54c.json": ("issues 16, 17: each tier's configs on 1.3B window 0 (every head sparse) "
+                                           "without and with pooled compensation (window0-sparse+comp)",
+                                           "SWEEP_SHAPES=wan13b_480p SWEEP_CASES=window0-sparse,window0-sparse+comp "
+                                           "bash bench/run_gpu.sh sweep", None),
+    "bench_h200_sweep_comp_d9bf54c.md": ("the table of bench_h200_sweep_comp_d9bf54c.json", "(written by the same run)",
+                                         "NVIDIA H200"),
+    "bench_compensation_14dc4c4.jsonl": ("issues 16, 17: compensation's cost split: block-means pre-pass alone, and "
+                                         "the kernel with and without compensation, hopper and consumer launches, "
+                                         "1.3B and 14B", "python3 bench/bench_compensation.py", "NVIDIA H200"),
+    "ncu_h200_w0_13b_tma16_d9bf54c.txt": ("Nsight Compute: 1.3B window 0 (every head sparse), fp16, 128/128/8/3, "
+                                          "descriptors (the hopper tier's launch)",
+                                          "CASES=w0_13b PROFILE_ARGS=\"--config 128/128/8/3\" bash bench/run_gpu.sh "
+                                          "profile", "NVIDIA H200"),
+    "ncu_h200_w0_13b_ptr16_64_d9bf54c.txt": ("the same at 128/64/8/3 with pointer loads (the consumer tier's launch)",
+                                             "CASES=w0_13b PROFILE_ARGS=\"--config 128/64/8/3 --pointers\" bash "
+                                             "bench/run_gpu.sh profile", "NVIDIA H200"),
+    "ncu_h200_w0_13b_ptr8_d9bf54c.txt": ("the same at fp8, 128/128/8/3, pointer loads (the hopper tier's fp8 launch)",
+                                         "CASES=w0_13b PROFILE_ARGS=\"--config 128/128/8/3 --pointers --precision "
+                                         "fp8\" bash bench/run_gpu.sh profile", "NVIDIA H200"),
     "bench_h100_v3.json": ("Version 3 kernel bench, 1.3B and 14B (kernel of ef8dd86 = ea46e08)",
                            "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p "
                            "--providers sdpa_cudnn,flex,sla_triton,sol_attn_topk --out $OUT/bench", None),
