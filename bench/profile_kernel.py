@@ -30,6 +30,9 @@ from comfyui_sparseflow.sparseflow.plan import DENSE, PRECISIONS, SPARSE, Attent
 CONFIG = (128, 128, 8, 3)
 CASES = {  # name: (batch, heads, geometry, route, window, density of a random LUT-only mask or None)
     "w0_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 0, None),
+    # with pooled compensation, as the default schedule runs (docs/performance.md: it costs 14-32 % of the call)
+    "w0c_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 0, None),
+    "w0c_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0, None),
     "w1_13b": (1, 12, Geometry(21, 30, 52), SPARSE, 1, None),
     "dense_13b": (1, 12, Geometry(21, 30, 52), DENSE, 0, None),
     "w0_14b": (1, 40, Geometry(21, 45, 80), SPARSE, 0, None),
@@ -62,7 +65,8 @@ def main() -> None:
         batch, heads, g, route, window, density = CASES[name]
         lut = None
         if density is None:
-            plan = uniform_plan(g, heads, route=route, window=window, anchors=(0,), block=128)
+            plan = uniform_plan(g, heads, route=route, window=window, anchors=(0,), compensation=name.startswith("w0c"),
+                                block=128)
         else:
             lut = random_lut(batch, heads, -(-g.length // 128), density)
             plan = AttentionPlan(g, (SPARSE,) * heads, (0,) * heads, (lut.shape[-1],) * heads, anchors=(), block=128)
