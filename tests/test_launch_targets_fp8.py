@@ -93,3 +93,31 @@ def test_fp8_does_not_compile_for_sm86_so_it_is_refused_there():
             with pytest.raises(Exception):
                 pool.submit(fp8_mma_job, ("fused", ((64, 32, 4, 2), 64, False, False, False, False, "fp16", "fp8"),
                                           86)).result()
+
+
+@pytest.mark.parametrize("tier_name, config", [("hopper", (128, 128, 8, 3)), ("consumer", (128, 64, 8, 3))])
+def test_autotune_prune_offers_a_with_fp8_mixed_false_config_to_every_fp8_kind_but_the_mixed_one(monkeypatch, tier_name,
+                                                                                                 config):
+    """`configs.keep` (the autotuner's prune) reads the call kind from the launch's constexprs: an fp8 call with
+    compensation and linear heads and no LUT is not offered the config that compiles too large for it; the same
+    config is offered to fp8 calls of the other kinds and to fp16 calls of that kind. Device and compiler are
+    stand-ins (an H200's limits, every compile 1 KiB), so only the prune's choice is checked."""
+    import torch
+    from comfyui_sparseflow.kernels import fused
+
+    class _Compiled:
+        metadata = type("M", (), {"shared": 1024})()
+
+    monkeypatch.setattr(configs, "device_limits", lambda device: configs.DeviceLimits((9, 0), 232448, "H200"))
+    monkeypatch.setattr(fused._jit_kernel, "warmup", lambda *a, **k: _Compiled())
+    named = {"Q": torch.empty(1), "TIER": configs.TIER_NAMES.index(tier_name), "BLOCK": 128}
+
+    def kept(precision: int, lut: bool, comp: bool, linear: bool) -> set:
+        flags = dict(HAS_LUT=lut, HAS_COMP=comp, HAS_LINEAR=linear, PRECISION=precision)
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in configs.keep(configs.all_configs(), {**named, **flags})}
+
+    assert config not in kept(2, False, True, True)
+    assert config in kept(2, False, True, False)
+    assert config in kept(2, True, True, True)
+    assert config in kept(0, False, True, True)
