@@ -13,7 +13,7 @@ import json
 
 import torch
 import triton.testing as tt
-from bench_setup import SHAPES, environment
+from bench_setup import SHAPES, environment, make_inputs
 from comfyui_sparseflow.kernels import fused_attention
 from comfyui_sparseflow.kernels.prepass import geometry_tables, pooled_means
 from comfyui_sparseflow.sparseflow.inputs import to_bhld
@@ -27,7 +27,7 @@ def main() -> None:
     env = environment()
     for name in ("wan13b_480p", "wan14b_720p"):
         batch, heads, g = SHAPES[name]
-        q, k, v = (torch.randn(batch, g.length, heads * 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        q, k, v = make_inputs(batch, heads, g)[0]  # ComfyUI's (B, L, H*D) layout; the copies for peers are dropped
         kb, vb = to_bhld(k, heads), to_bhld(v, heads)
         tabs = geometry_tables(g, 128, kb.device)
         def means(kb=kb, vb=vb, tabs=tabs, heads=heads):
