@@ -9,7 +9,8 @@ never recompiles) and walks key tiles with an online softmax (exp2, fp32 accumul
    `masks.key_block_ranges` does (prefix, anchor frames, temporal window, suffix), clipped by a sweep in
    start order so a block covered by two ranges is computed once; no mask tensor, no scoring pass;
    then the optional top-k blocks of the LUT, then the optional pooled compensation over the N block
-   means of the blocks skipped by both (logit + log n_j);
+   means of the blocks skipped by both (logit + log n_j; the pre-pass writes each query block's row of
+   log n_j or -inf, `prepass.compensation_bias`, so the loop tests no range per column);
 2. dense heads, and every query block holding extra tokens (Rule E), walk all key blocks;
 3. pooled linear heads attend to the exact extra tokens, the exact tokens of their own frame in their own
    block, and the segment means (frame f, block j) of their frame (logit + log n);
@@ -34,7 +35,7 @@ import triton.language as tl
 from . import configs
 from .fp8 import _fp8_values, _scale_out
 from .quant import _logits, _pooled_operand
-from .ranges import _anchor_piece, _clip, _drop_tail, _frame_blocks, _lut_clean
+from .ranges import _drop_tail, _lut_clean, _structural_ranges
 from .tiles import _key_tile, _online_update, _op, _v_ptrs
 
 __all__ = ["compiled_variants"]
@@ -45,7 +46,7 @@ _LN2 = tl.constexpr(0.6931471805599453)
 
 
 def _fused_fwd_kernel(
-    Q, K, V, Out, BKM, BVM, SKM, SVM, LUT, QS, KS, VS,
+    Q, K, V, Out, BKM, BVM, CB, SKM, SVM, LUT, QS, KS, VS,
     ROUTES, WINDOW, TOPK, HEAD_ORDER, ANCHORS, SEG_FRAME, SEG_BLOCK, SEG_LOG2N, FRAME_FIRST,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
@@ -115,41 +116,8 @@ def _fused_fwd_kernel(
 
     if eff != 2:
         # -- structural ranges (dense: one range over all blocks), sorted by start, clipped by a sweep
-        is_dense = eff == 0
-        off = (is_dense | (LUT_ONLY != 0)).to(tl.int32)
-        fl = tl.maximum(flo - window, 0)
-        fh = tl.minimum(fhi + window, T - 1)
-        ws, we = _frame_blocks(fl, fh, P, F, T, BLOCK)
-        ws = tl.where(is_dense, 0, ws)
-        we = tl.where(is_dense, N, tl.where(LUT_ONLY != 0, ws, we))
-        pe = tl.where((off != 0) | (P == 0), 0, (P + BLOCK - 1) // BLOCK)
-        ss = VE // BLOCK
-        se = tl.where((off != 0) | (VE >= L), ss, N)
-        a0s, a0e, a0b, a0a = _anchor_piece(ANCHORS, 0, fl, fh, off, P, F, T, BLOCK)
-        a1s, a1e, a1b, a1a = _anchor_piece(ANCHORS, 1, fl, fh, off, P, F, T, BLOCK)
-        a2s, a2e, a2b, a2a = _anchor_piece(ANCHORS, 2, fl, fh, off, P, F, T, BLOCK)
-        a3s, a3e, a3b, a3a = _anchor_piece(ANCHORS, 3, fl, fh, off, P, F, T, BLOCK)
-        cur = pe * 0
-        s0, n0, cur = _clip(cur, pe, cur)
-        s1, n1, cur = _clip(a0s, tl.where(a0b, a0e, a0s), cur)
-        s2, n2, cur = _clip(a1s, tl.where(a1b, a1e, a1s), cur)
-        s3, n3, cur = _clip(a2s, tl.where(a2b, a2e, a2s), cur)
-        s4, n4, cur = _clip(a3s, tl.where(a3b, a3e, a3s), cur)
-        s5, n5, cur = _clip(ws, we, cur)
-        u1, m1, cur = _clip(a0s, tl.where(a0a, a0e, a0s), cur)
-        u2, m2, cur = _clip(a1s, tl.where(a1a, a1e, a1s), cur)
-        u3, m3, cur = _clip(a2s, tl.where(a2a, a2e, a2s), cur)
-        u4, m4, cur = _clip(a3s, tl.where(a3a, a3e, a3s), cur)
-        s6, n6, cur = _clip(ss, se, cur)
-        # an anchor is either before or after the window: one piece slot each
-        s1 = tl.where(a0b, s1, u1)
-        n1 = n1 + m1
-        s2 = tl.where(a1b, s2, u2)
-        n2 = n2 + m2
-        s3 = tl.where(a2b, s3, u3)
-        n3 = n3 + m3
-        s4 = tl.where(a3b, s4, u4)
-        n4 = n4 + m4
+        s0, n0, s1, n1, s2, n2, s3, n3, s4, n4, s5, n5, s6, n6 = _structural_ranges(
+            eff, window, flo, fhi, ANCHORS, LUT_ONLY, P, F, T, N, L, BLOCK)
         # the partial last key block leaves its range and runs after the loop, masked; the loop masks nothing
         tail = (L % BLOCK != 0) & (eff != 2)
         k0, d0 = _drop_tail(s0, n0, tail, N)
@@ -209,25 +177,22 @@ def _fused_fwd_kernel(
                                               HEAD_DIM, UPCAST, True, TMA, BLOCK, PRECISION)
 
         if HAS_COMP:
-            # -- pooled compensation: one mean key per skipped block, logit + log2(n_j)
+            # -- pooled compensation: one mean key per skipped block, logit + log2(n_j); the pre-pass's bias row
+            # (kernels/prepass.py `compensation_bias`) holds log2(n_j) for a skipped block and NEG for the others
             n_comp = tl.where((eff == 1) & (COMP != 0), (N + BLOCK_N - 1) // BLOCK_N, 0)
+            bias_row = CB + (h64 * N + i) * N
             for it in range(0, n_comp):
                 j = it * BLOCK_N + tl.arange(0, BLOCK_N)
-                inside = ((j >= s0) & (j < s0 + n0)) | ((j >= s1) & (j < s1 + n1)) | ((j >= s2) & (j < s2 + n2))
-                inside = inside | ((j >= s3) & (j < s3 + n3)) | ((j >= s4) & (j < s4 + n4))
-                inside = inside | ((j >= s5) & (j < s5 + n5)) | ((j >= s6) & (j < s6 + n6))
-                skip = (j < N) & (~inside)
+                valid = j < N
+                bias = tl.load(bias_row + j, mask=valid, other=NEG)
                 if HAS_LUT:
                     for kk in range(0, kq):
-                        skip = skip & (j != tl.load(lut_row + kk))
-                cnt = tl.minimum(L - j * BLOCK, BLOCK)
-                log2n = tl.log2(tl.maximum(cnt, 1).to(tl.float32))
+                        bias = tl.where(j != tl.load(lut_row + kk), bias, NEG)
                 pool = (b64 * HEADS + h64) * N + j
-                kb = _op(tl.load(BKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=skip[None, :], other=0.0),
+                kb = _op(tl.load(BKM + pool[None, :] * HEAD_DIM + offs_d[:, None], mask=valid[None, :], other=0.0),
                          UPCAST)
-                qk = tl.dot(qp, kb) * qk_scale + log2n[None, :]
-                qk = tl.where(skip[None, :], qk, NEG)
-                vb = _op(tl.load(BVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=skip[:, None], other=0.0),
+                qk = tl.dot(qp, kb) * qk_scale + bias[None, :]
+                vb = _op(tl.load(BVM + pool[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0),
                          UPCAST)
                 acc, m_i, l_i = _online_update(acc, m_i, l_i, qk, vb)
     elif HAS_LINEAR:

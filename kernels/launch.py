@@ -18,7 +18,7 @@ from ..sparseflow.quantize import int8_device_reason
 from . import configs
 from .fp8_prepass import quantize_call
 from .fused import _LOG2E, _jit_kernel, _kernel
-from .prepass import feature_linear, geometry_tables, plan_tensors, pooled_means
+from .prepass import compensation_bias, feature_linear, geometry_tables, plan_tensors, pooled_means
 from .quant import quantize_qk, smoothed_means
 
 __all__ = ["fused_attention"]
@@ -70,13 +70,17 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
             raise ValueError(f"fused_attention: lut shape {tuple(lut.shape)} must be ({bsz}, {nh}, {tabs.n}, K)")
     if plan.compensation and sparse_heads:
         bkm, bvm = pooled_means(kb, vb, tabs.blk_start, tabs.blk_stop, sparse_heads, block)
+        cb = compensation_bias(plan, pt, sparse_heads, dev, _lut_only)
     else:
         bkm = bvm = qb.new_empty(1)
+        cb = torch.empty(1, dtype=torch.float32, device=dev)
     if pooled_linear and linear_heads:
         skm, svm = pooled_means(kb, vb, tabs.seg_start, tabs.seg_stop, linear_heads, block)
     else:
         skm = svm = qb.new_empty(1)
-    lse = torch.empty(bsz, nh, length, dtype=torch.float32, device=dev) if return_lse else qb.new_empty(1)
+    # without return_lse an fp32 stand-in: the autotuner keys on argument dtypes, so both calls pick one config and
+    # return_lse changes nothing but the LSE store
+    lse = torch.empty((bsz, nh, length) if return_lse else (1,), dtype=torch.float32, device=dev)
     if not pooled_linear and linear_heads:
         feature_linear(qb, kb, vb, plan, linear_heads, ob, lse if return_lse else None)
     qs = ks = vs = None
@@ -91,7 +95,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Att
         qb, kb, vb, qs, ks, vs, (bkm, bvm, skm, svm) = z.q8, z.k8, z.v8, z.q_scale, z.k_scale, z.v_scale, z.means
 
     qk_scale = plan.softmax_scale(d) * _LOG2E
-    args = (qb, kb, vb, ob, bkm, bvm, skm, svm, lut_t, qs, ks, vs, pt["routes"], pt["window"], pt["topk"],
+    args = (qb, kb, vb, ob, bkm, bvm, cb, skm, svm, lut_t, qs, ks, vs, pt["routes"], pt["window"], pt["topk"],
             pt["head_order"], pt["anchors"], tabs.seg_frame, tabs.seg_block, tabs.seg_log2n, tabs.frame_first,
             qb.stride(0), qb.stride(1), qb.stride(2), kb.stride(0), kb.stride(1), kb.stride(2),
             # precision fp8: v is token-contiguous e4m3, and stride_vl carries its feature stride (kernels/fused.py)

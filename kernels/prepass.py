@@ -4,7 +4,11 @@ docs/spec.md §5.2 (compensation: block means of k and v), §5.3 (pooled linear:
 (frame f, block j); feature linear: per-frame sums of phi(k) v^T). Pooled means are made by one small
 Triton kernel that reads each selected head's k and v once, through strides (no layout copy); the feature
 state is a few fp32 einsums. Geometry tables depend only on (geometry, block, device) and are cached;
-per-head tensors are cached on the plan, so a call with an unchanged plan uploads nothing.
+per-head tensors are cached on the plan, so a call with an unchanged plan uploads nothing. The compensation
+bias (`compensation_bias`) gives each (sparse head, query block) a row over the N key blocks: log2 of the block's
+token count where its mean is pooled, -1e30 where the block is computed exactly (one small Triton launch from the
+fused kernel's own range code, so the kernel's compensation loop reads one value per column instead of testing
+seven ranges).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from ..sparseflow.geometry import Geometry
 from ..sparseflow.masks import num_blocks
 from ..sparseflow.plan import DENSE, SPARSE, AttentionPlan
 from ..sparseflow.reference import segment_table
+from .ranges import _structural_ranges
 
-__all__ = ["MAX_ANCHORS", "GeometryTables", "feature_linear", "geometry_tables", "plan_tensors", "pooled_means"]
+__all__ = ["MAX_ANCHORS", "GeometryTables", "compensation_bias", "feature_linear", "geometry_tables", "plan_tensors",
+           "pooled_means"]
 
 MAX_ANCHORS = 4  # live anchor frames the kernel reads (a fixed-size int32 tensor padded with -1)
 
@@ -118,6 +124,48 @@ def _pooled_mean_kernel(K, V, KM, VM, STARTS, STOPS, HEADS_SEL, stride_kb, strid
     dst = ((b * HEADS + h) * NP + s) * HEAD_DIM + offs_d
     tl.store(KM + dst, (tl.sum(kx.to(tl.float32), 0) * inv).to(KM.dtype.element_ty))
     tl.store(VM + dst, (tl.sum(vx.to(tl.float32), 0) * inv).to(VM.dtype.element_ty))
+
+
+@triton.jit
+def _comp_bias_kernel(CB, HEADS_SEL, ROUTES, WINDOW, ANCHORS, L, P, T, F, N, LUT_ONLY,
+                      BLOCK: tl.constexpr, BLOCK_J: tl.constexpr):
+    """CB[h, i, j] = log2(tokens of key block j) if query block i of head h pools block j, else -1e30 (spec §5.2)."""
+    i = tl.program_id(0)
+    h = tl.load(HEADS_SEL + tl.program_id(1))
+    t0 = i * BLOCK
+    t1 = tl.minimum(t0 + BLOCK, L)
+    VE = P + T * F
+    eff = tl.where((t0 < P) | (t1 > VE), 0, tl.load(ROUTES + h))  # Rule E, as the fused kernel
+    flo = (tl.maximum(t0, P) - P) // F
+    fhi = (tl.minimum(t1, VE) - 1 - P) // F
+    s0, n0, s1, n1, s2, n2, s3, n3, s4, n4, s5, n5, s6, n6 = _structural_ranges(
+        eff, tl.load(WINDOW + h), flo, fhi, ANCHORS, LUT_ONLY, P, F, T, N, L, BLOCK)
+    log2_last = tl.log2((L - (N - 1) * BLOCK).to(tl.float32))
+    log2_block = tl.log2(tl.zeros([], tl.float32) + BLOCK)
+    row = CB + (h.to(tl.int64) * N + i) * N
+    for c in range(0, tl.cdiv(N, BLOCK_J)):
+        j = c * BLOCK_J + tl.arange(0, BLOCK_J)
+        inside = ((j >= s0) & (j < s0 + n0)) | ((j >= s1) & (j < s1 + n1)) | ((j >= s2) & (j < s2 + n2))
+        inside = inside | ((j >= s3) & (j < s3 + n3)) | ((j >= s4) & (j < s4 + n4))
+        inside = inside | ((j >= s5) & (j < s5 + n5)) | ((j >= s6) & (j < s6 + n6))
+        bias = tl.where(inside, -1.0e30, tl.where(j == N - 1, log2_last, log2_block))
+        tl.store(row + j, bias, mask=j < N)
+
+
+def compensation_bias(plan: AttentionPlan, pt: dict[str, torch.Tensor], heads: list[int], device: torch.device,
+                      lut_only: bool = False) -> torch.Tensor:
+    """(H, N, N) fp32: row (h, i) is log2 n_j over the key blocks j that query block i of sparse head h pools, and
+    -1e30 over those it computes exactly (structural ranges; the LUT's blocks are taken out by the kernel). Rows of
+    heads not listed, and of query blocks the kernel runs dense (Rule E), are not read; `pt` = `plan_tensors`;
+    `lut_only` as `fused_attention`'s (no structural range: every block not in the LUT is pooled)."""
+    g, block = plan.geometry, plan.block
+    n = num_blocks(g.length, block)
+    cb = torch.empty(plan.heads, n, n, dtype=torch.float32, device=device)
+    if heads:
+        _comp_bias_kernel[(n, len(heads))](
+            cb, _head_list(tuple(heads), str(device)), pt["routes"], pt["window"], pt["anchors"], g.length, g.prefix,
+            g.frames, g.tokens_per_frame, n, int(lut_only), BLOCK=block, BLOCK_J=128, num_warps=4)
+    return cb
 
 
 @lru_cache(maxsize=256)

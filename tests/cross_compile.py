@@ -75,9 +75,9 @@ def fused_launch(config: tuple[int, int, int, int], block: int, tma: bool, has_l
     bm, bn, warps, stages = config
     int8, fp8 = precision in ("int8-qk", "fp8"), precision == "fp8"
     ptrs = {n: dtype for n in ("Q", "K", "V", "Out", "BKM", "BVM", "SKM", "SVM")}
-    ptrs["LSE"] = "fp32" if return_lse else dtype  # without return_lse the launcher passes a 1-element stand-in
+    ptrs["LSE"] = "fp32"  # without return_lse the launcher passes a 1-element fp32 stand-in
     ptrs.update({n: "i32" for n in ("LUT", "ROUTES", "WINDOW", "TOPK", "HEAD_ORDER", "ANCHORS", "SEG_FRAME",
-                                    "SEG_BLOCK", "FRAME_FIRST")}, SEG_LOG2N="fp32")
+                                    "SEG_BLOCK", "FRAME_FIRST")}, SEG_LOG2N="fp32", CB="fp32")
     if int8:
         ptrs.update(Q="i8", K="i8", QS="fp32", KS="fp32")
     if fp8:
@@ -100,6 +100,15 @@ def pooled_mean_launch(span: int) -> Launch:
             "HEADS_SEL": "i32"}
     return Launch(prepass._pooled_mean_kernel, ptrs, (), ("NP", "BATCH", "HEADS"),
                   dict(SPAN=span, HEAD_DIM=128), 4, 3)
+
+
+def comp_bias_launch(block: int) -> Launch:
+    """The compensation bias rows (kernels/prepass.py `compensation_bias`), as it launches them."""
+    from comfyui_sparseflow.kernels import prepass
+
+    ptrs = {"CB": "fp32", "HEADS_SEL": "i32", "ROUTES": "i32", "WINDOW": "i32", "ANCHORS": "i32"}
+    return Launch(prepass._comp_bias_kernel, ptrs, (), ("L", "P", "T", "F", "N", "LUT_ONLY"),
+                  dict(BLOCK=block, BLOCK_J=128), 4, 3)
 
 
 def quantize_launch(block: int) -> Launch:
@@ -145,7 +154,8 @@ def add_norm_launch(channels: int, has_y: bool, has_gate: bool, norm: bool, affi
     return Launch(residual_norm._add_norm_kernel, ptrs, ("eps",), ("rows", "L"), consts, warps, 3)
 
 
-BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "quantize": quantize_launch,
+BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "comp_bias": comp_bias_launch,
+            "quantize": quantize_launch,
             "quantize_fp8": quantize_fp8_launch, "norm_rope": norm_rope_launch, "add_norm": add_norm_launch}
 
 

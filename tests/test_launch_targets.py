@@ -55,6 +55,7 @@ def _jobs() -> list[tuple[str, tuple, tuple]]:
                     jobs.append(_fused_job(c, block, tma, precision, cc))
         for span in (64, 128):
             jobs.append((f"pooled_mean span {span}", ("pooled_mean", (span,), cc), cc))
+            jobs.append((f"comp_bias block {span}", ("comp_bias", (span,), cc), cc))
             jobs.append((f"quantize block {span}", ("quantize", (span,), cc), cc))
         for dim in MODEL_DIMS:
             jobs.append((f"norm_rope C={dim}", ("norm_rope", (dim,), cc), cc))
