@@ -90,6 +90,21 @@ KERNEL = {
     "bench_compensation_14dc4c4.jsonl": ("issues 16, 17: compensation's cost split: block-means pre-pass alone, and "
                                          "the kernel with and without compensation, hopper and consumer launches, "
                                          "1.3B and 14B", "python3 bench/bench_compensation.py", "NVIDIA H200"),
+    "bench_compensation_b794896.jsonl": ("issues 16, 17: compensation's cost split after the bias pre-pass "
+                                         "(b794896's kernel; the JSON's commit is the device copy's stale HEAD)",
+                                         "python3 bench/bench_compensation.py", "NVIDIA H200"),
+    "bench_h200_tiers_b794896.json": ("issues 16, 17: the whole op and the kernel with each tier's configs forced, "
+                                      "1.3B and 14B, after the compensation bias pre-pass (b794896's kernel)",
+                                      "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p --providers "
+                                      "sdpa_default --tiers hopper,a100,consumer", None),
+    "bench_h200_tiers_b794896.md": ("the table of bench_h200_tiers_b794896.json", "(written by the same run)",
+                                    "NVIDIA H200"),
+    "gpu_tests_h200_b794896.log": ("GPU tests of the compensation bias pre-pass: kernel, pre-pass, LSE, op, int8 and "
+                                   "fp8 kernel tests on the H200's tier and with the consumer tier forced (the "
+                                   "header says which run saw which tree)",
+                                   "python3 -m pytest tests/test_kernels.py tests/test_prepass.py ...; "
+                                   "SPARSEFLOW_LAUNCH_TIER=consumer python3 -m pytest tests/test_kernels.py "
+                                   "tests/test_kernels_lse.py", "NVIDIA H200"),
     "ncu_h200_w0_13b_tma16_d9bf54c.txt": ("Nsight Compute: 1.3B window 0 (every head sparse), fp16, 128/128/8/3, "
                                           "descriptors (the hopper tier's launch)",
                                           "CASES=w0_13b PROFILE_ARGS=\"--config 128/128/8/3\" bash bench/run_gpu.sh "
@@ -165,6 +180,10 @@ E2E_NOTES = {
                   "warm-up; written as e2e_wan21_14b.json)",
     "_0364_f3401cf": "issue 21: 1.3B fp8 (and with the RTX configs forced) beside fp16 on ComfyUI 0.3.64 (4 steps; "
                      "written as e2e_wan21_1.3b_0364.json)",
+    "_newest_b794896": "issues 16, 17: the newest-shape tree after the compensation bias pre-pass (1.3B 8 steps "
+                       "after 2 warm-up; 14B 2 steps after 1; the JSON's commit is the device copy's stale HEAD)",
+    "_0364_b794896": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_b794896` (1.3B, the RTX configs "
+                     "forced as @consumer)",
     "_0364_3fb78be": "issues 16, 19, 21: ComfyUI 0.3.64 in the same call as `_newest_3fb78be`: Compare, int8-qk, the "
                      "RTX configs forced (@consumer), sol_attn, Sage (8 steps; written as e2e_wan21_1.3b_0364.json)",
 }
