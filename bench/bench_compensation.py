@@ -1,8 +1,9 @@
 """What the pooled compensation (docs/spec.md §5.2) costs a sparse call: its pre-pass and its kernel loop, apart.
 
-Times, per Wan shape (1.3B 480p, 14B 720p; bf16, every head sparse, window 0 + anchor 0), the block-means pre-pass
-alone (`kernels/prepass.py` `pooled_means`) and `fused_attention` with and without compensation at the hopper
-tier's config (128/128/8/3, descriptors) and the consumer tier's (128/64/8/3, pointers), each launched directly:
+Times, per Wan shape (1.3B 480p, 14B 720p; bf16, every head sparse, window 0 + anchor 0), the two compensation
+pre-passes alone (`kernels/prepass.py`: the block means `pooled_means`, the bias rows `compensation_bias`) and
+`fused_attention` with and without compensation at the hopper tier's config (128/128/8/3, descriptors) and the
+consumer tier's (128/64/8/3, pointers), each launched directly:
 
     python3 bench/bench_compensation.py          # on the GPU machine; one JSON line per shape
 """
@@ -15,7 +16,7 @@ import torch
 import triton.testing as tt
 from bench_setup import SHAPES, environment, make_inputs
 from comfyui_sparseflow.kernels import fused_attention
-from comfyui_sparseflow.kernels.prepass import geometry_tables, pooled_means
+from comfyui_sparseflow.kernels.prepass import compensation_bias, geometry_tables, plan_tensors, pooled_means
 from comfyui_sparseflow.sparseflow.inputs import to_bhld
 from comfyui_sparseflow.sparseflow.plan import SPARSE, uniform_plan
 
@@ -34,6 +35,10 @@ def main() -> None:
             return pooled_means(kb, vb, tabs.blk_start, tabs.blk_stop, list(range(heads)), 128)
         row = {"shape": name, **env, "pooled_means_ms": round(tt.do_bench(means, warmup=50, rep=200,
                                                                           return_mode="median"), 4)}
+        comp_plan = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), compensation=True, block=128)
+        def bias(plan=comp_plan, heads=heads, dev=kb.device):
+            return compensation_bias(plan, plan_tensors(plan, dev), list(range(heads)), dev)
+        row["compensation_bias_ms"] = round(tt.do_bench(bias, warmup=50, rep=200, return_mode="median"), 4)
         for label, (cfg, tma) in LAUNCHES.items():
             for comp in (False, True):
                 plan = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), compensation=comp, block=128)
