@@ -35,14 +35,13 @@ def main() -> None:
             return pooled_means(kb, vb, tabs.blk_start, tabs.blk_stop, list(range(heads)), 128)
         row = {"shape": name, **env, "pooled_means_ms": round(tt.do_bench(means, warmup=50, rep=200,
                                                                           return_mode="median"), 4)}
-        comp_plan = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), compensation=True, block=128)
-        def bias(plan=comp_plan, heads=heads, dev=kb.device):
+        plans = {comp: uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), compensation=comp, block=128)
+                 for comp in (False, True)}
+        def bias(plan=plans[True], heads=heads, dev=kb.device):
             return compensation_bias(plan, plan_tensors(plan, dev), list(range(heads)), dev)
         row["compensation_bias_ms"] = round(tt.do_bench(bias, warmup=50, rep=200, return_mode="median"), 4)
         for label, (cfg, tma) in LAUNCHES.items():
-            for comp in (False, True):
-                plan = uniform_plan(g, heads, route=SPARSE, window=0, anchors=(0,), compensation=comp, block=128)
-
+            for comp, plan in plans.items():
                 def fn(plan=plan, cfg=cfg, tma=tma, qkv=(q, k, v), heads=heads):
                     return fused_attention(*qkv, plan, heads=heads, _config=cfg, _descriptors=tma)
                 fn()

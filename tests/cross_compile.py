@@ -155,8 +155,8 @@ def add_norm_launch(channels: int, has_y: bool, has_gate: bool, norm: bool, affi
 
 
 BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "comp_bias": comp_bias_launch,
-            "quantize": quantize_launch,
-            "quantize_fp8": quantize_fp8_launch, "norm_rope": norm_rope_launch, "add_norm": add_norm_launch}
+            "quantize": quantize_launch, "quantize_fp8": quantize_fp8_launch, "norm_rope": norm_rope_launch,
+            "add_norm": add_norm_launch}
 
 
 def shared_memory_job(job: tuple) -> int:

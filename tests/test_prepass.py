@@ -46,7 +46,8 @@ def test_bias_rows_pool_the_blocks_outside_the_structural_set(geometry, block, a
     cb = compensation_bias(plan, plan_tensors(plan, torch.device(DEV)), sparse, torch.device(DEV), lut_only).cpu()
     n = num_blocks(geometry.length, block)
     assert cb.shape == (plan.heads, n, n)
-    rows = [i for i in range(n) if not block_tables(geometry, block).has_extra[i]]  # Rule E rows are never read
+    has_extra = block_tables(geometry, block).has_extra
+    rows = [i for i in range(n) if not has_extra[i]]  # Rule E rows are never read
     assert rows, "the case must have query blocks without extra tokens"
     for h in sparse:
         want = _expected(plan, h, lut_only)[rows]
