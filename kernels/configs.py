@@ -9,10 +9,11 @@ heads): `tests/test_launch_targets.py` cross-compiles them for sm_80/86/89/90/10
 than the device allows (another Triton version can lay memory out differently), so a launch never asks for
 more than the device has; when none fits, the launch raises `KernelLaunchError` with the sizes.
 
-Only the Hopper tier reads K/V through tensor descriptors (TMA): sm_90/sm_100 have the copy engine, and RTX
-cards are served by the pointer path. `$SPARSEFLOW_LAUNCH_TIER` (a tier name) forces a tier's configs and
-descriptor choice on any device: on an H200 it measures what an RTX card's configs give (a proxy), and the
-GPU tests run with it too. Under TRITON_INTERPRET=1 (CPU CI) one small fixed config runs and nothing is tuned.
+The hopper, blackwell and rtx50 tiers read K/V through tensor descriptors (TMA): sm_90, sm_100 and sm_120 have
+the copy engine; A100 and RTX 30/40 cards are served by the pointer path. `$SPARSEFLOW_LAUNCH_TIER` (a tier name)
+forces a tier's configs and descriptor choice on any device: on an H200 it measures what an RTX card's configs
+give (a proxy), and the GPU tests run with it too. Under TRITON_INTERPRET=1 (CPU CI) one small fixed config runs
+and nothing is tuned.
 """
 
 from __future__ import annotations
@@ -95,7 +96,13 @@ TIERS = (
     Tier("a100", 166912, (), False,
          (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
-    # RTX 30/40/50 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
+    # RTX 50 and RTX PRO Blackwell (sm_120/121): 99 KiB as below, but with the copy engine: Triton compiles tensor
+    # descriptors to TMA there (cp.async.bulk.tensor), within 99 KiB at these configs (98336-99840 B, triton 3.8).
+    # fp8 calls take pointer loads, as on the hopper tier
+    Tier("rtx50", 101376, (12,), True,
+         (C(128, 64, 8, 3, with_fp8_mixed=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
+         (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2)), fp8_descriptors=False),
+    # RTX 30/40 (and L4/L40, A10): 99 KiB. 128x128 tiles fit only two stages and no LUT loop (and not the int8-qk
     # kernel: 114688 B on sm_120, triton 3.8). fp8 128/64/8/3 fits since e4m3 v is token-contiguous (720fd4a: 99840
     # B on sm_89), but for the mixed kind (114688 B on sm_89/120), and is the tier's fastest fp8 config on the H200
     # (1.995 ms, 1.3B window 0; 128/64/8/2 2.381).

@@ -31,10 +31,11 @@ def _round_e4m3(x):
     Normal range: drop 20 of fp32's 23 mantissa bits rounding to nearest even (a carry moves the exponent up, as it
     should); below 2^-6 the e4m3 step is the fixed 2^-9, rounded by the add-subtract trick."""
     x = tl.minimum(tl.maximum(x, -448.0), 448.0)
-    bits = x.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000
+    raw = x.to(tl.int32, bitcast=True)
+    bits = (raw + 0x7FFFF + ((raw >> 20) & 1)) & -0x100000
     normal = bits.to(tl.float32, bitcast=True)
-    sub = (x + _SUB) - _SUB
+    sub = (tl.abs(x) + _SUB) - _SUB
+    sub = tl.where(raw < 0, -sub, sub)  # a negative x that rounds to zero is -0 in e4m3, as torch casts it
     return tl.where(tl.abs(x) < 0.015625, sub, normal)
 
 

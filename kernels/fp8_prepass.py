@@ -44,7 +44,7 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
     ks = torch.empty_like(qs)
     _quantize_kernel[(n, bsz * nh)](q, k, v, mean, vs, q8, k8, v8t, qs, ks, q.stride(0), q.stride(1), q.stride(2),
                                     k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-                                    length, n, nh, lp, BLOCK=block, HEAD_DIM=d, WITH_V=True,
+                                    length, n, nh, lp, BLOCK=block, HEAD_DIM=d, WITH_V=True, EXACT=configs.INTERPRET,
                                     num_warps=8 if block == 128 else 4)
     return QuantizedQK(q8, k8, qs, ks, mean, block), QuantizedV(v8t[..., :length].transpose(2, 3), vs)
 

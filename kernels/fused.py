@@ -35,7 +35,7 @@ import triton.language as tl
 from . import configs
 from .fp8 import _fp8_values, _scale_out
 from .quant import _logits, _pooled_operand
-from .ranges import _drop_tail, _lut_clean, _structural_ranges
+from .ranges import _drop_tail, _lut_clean, _query_block, _structural_ranges
 from .tiles import _key_tile, _online_update, _op, _v_ptrs
 
 __all__ = ["compiled_variants"]
@@ -74,13 +74,8 @@ def _fused_fwd_kernel(
     h64 = h.to(tl.int64)
     b64 = b.to(tl.int64)
     i = (pid_m * BLOCK_M) // BLOCK
-    t0 = i * BLOCK
-    t1 = tl.minimum(t0 + BLOCK, L)
+    t0, t1, eff, flo, fhi = _query_block(i, route, P, F, T, L, BLOCK)  # Rule E: extra-token query blocks are dense
     VE = P + T * F
-    has_extra = (t0 < P) | (t1 > VE)
-    eff = tl.where(has_extra, 0, route)  # Rule E: extra-token query blocks are dense
-    flo = (tl.maximum(t0, P) - P) // F
-    fhi = (tl.minimum(t1, VE) - 1 - P) // F
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)

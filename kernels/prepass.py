@@ -25,7 +25,7 @@ from ..sparseflow.geometry import Geometry
 from ..sparseflow.masks import num_blocks
 from ..sparseflow.plan import DENSE, SPARSE, AttentionPlan
 from ..sparseflow.reference import segment_table
-from .ranges import _structural_ranges
+from .ranges import _query_block, _structural_ranges
 
 __all__ = ["MAX_ANCHORS", "GeometryTables", "compensation_bias", "feature_linear", "geometry_tables", "plan_tensors",
            "pooled_means"]
@@ -132,12 +132,7 @@ def _comp_bias_kernel(CB, HEADS_SEL, ROUTES, WINDOW, ANCHORS, L, P, T, F, N, LUT
     """CB[h, i, j] = log2(tokens of key block j) if query block i of head h pools block j, else -1e30 (spec §5.2)."""
     i = tl.program_id(0)
     h = tl.load(HEADS_SEL + tl.program_id(1))
-    t0 = i * BLOCK
-    t1 = tl.minimum(t0 + BLOCK, L)
-    VE = P + T * F
-    eff = tl.where((t0 < P) | (t1 > VE), 0, tl.load(ROUTES + h))  # Rule E, as the fused kernel
-    flo = (tl.maximum(t0, P) - P) // F
-    fhi = (tl.minimum(t1, VE) - 1 - P) // F
+    t0, t1, eff, flo, fhi = _query_block(i, tl.load(ROUTES + h), P, F, T, L, BLOCK)  # as the fused kernel
     s0, n0, s1, n1, s2, n2, s3, n3, s4, n4, s5, n5, s6, n6 = _structural_ranges(
         eff, tl.load(WINDOW + h), flo, fhi, ANCHORS, LUT_ONLY, P, F, T, N, L, BLOCK)
     log2_last = tl.log2((L - (N - 1) * BLOCK).to(tl.float32))

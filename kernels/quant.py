@@ -7,9 +7,10 @@ the block means are only made for calls with compensation or pooled linear heads
 batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales (the fp8
 pre-pass, kernels/fp8_prepass.py, runs the same kernel with v: e4m3 v / its channel scale too).
 
-Rounding as torch does it: scale = amax / 127 and x / scale correctly rounded (`div_rn`; Triton's `/` is
-approximate on the GPU), round half to even by adding and subtracting 1.5 * 2^23 (exact for |x| < 2^22;
-libdevice's rint does not run under the CPU interpreter).
+Rounding as torch does it: scale = amax / 127 and x / scale correctly rounded (on the GPU one `div_rn` for 1 / scale
+per block and Markstein's correction per element, `_div_rn`; Triton's `/` is approximate there), round half to
+even by adding and subtracting 1.5 * 2^23 (exact for |x| < 2^22; libdevice's rint does not run under the CPU
+interpreter).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ..sparseflow.quantize import QuantizedQK, k_channel_mean
+from . import configs
 from .fp8 import _to_e4m3
 from .tiles import _op
 
@@ -28,12 +30,27 @@ _RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to 
 
 
 @triton.jit
-def _quantize_tile(x, mask, QMAX: tl.constexpr):
+def _div_rn(x, s, r):
+    """x / s correctly rounded (fp32) on the GPU, given r = 1 / s correctly rounded (one division per tile, not one
+    per element): Markstein's correction, q = x r, e = fma(-q, s, x) (exact), q + e r, the correctly rounded quotient
+    when nothing under- or overflows (callers divide with `div_rn` for scales under 2^-64, which bf16 inputs can
+    have); three instructions per element instead of `div.rn`'s reciprocal, refinement and range check
+    (tests/test_quantize_division.py checks the arithmetic exactly). Not under the CPU interpreter, whose fma rounds
+    twice."""
+    q = x * r
+    return tl.fma(tl.fma(-q, s, x), r, q)
+
+
+@triton.jit
+def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr):
     """(int8 tile, fp32 scale) of an fp32 tile: symmetric, one scale; masked elements do not count."""
     x = tl.where(mask, x, 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
     scale = tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
-    r = tl.math.div_rn(x, x * 0 + scale)
+    if EXACT or scale < 5.421010862427522e-20:  # 2^-64: see _div_rn
+        r = tl.math.div_rn(x, x * 0 + scale)
+    else:
+        r = _div_rn(x, scale, tl.math.div_rn(scale * 0 + 1.0, scale))
     r = (r + _RNE) - _RNE
     r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
     return r.to(tl.int8), scale
@@ -42,7 +59,7 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr):
 @triton.jit
 def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stride_qh, stride_ql,
                      stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L, N, HEADS, LP,
-                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr):
+                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr, EXACT: tl.constexpr):
     """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head); WITH_V (the fp8
     pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) stored (B, H, D, LP), tokens contiguous (the K-major
     operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused."""
@@ -56,8 +73,8 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs[:, None] * stride_ql + offs_d[None, :], mask=mask, other=0.0)
     k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask, other=0.0)
     mean = tl.load(KMEAN + bh * HEAD_DIM + offs_d)
-    q8, qs = _quantize_tile(q.to(tl.float32), mask, 127.0)
-    k8, ks = _quantize_tile(k.to(tl.float32) - mean[None, :], mask, 127.0)
+    q8, qs = _quantize_tile(q.to(tl.float32), mask, 127.0, EXACT)
+    k8, ks = _quantize_tile(k.to(tl.float32) - mean[None, :], mask, 127.0, EXACT)
     dst = (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :]
     tl.store(Q8 + dst, q8, mask=mask)
     tl.store(K8 + dst, k8, mask=mask)
@@ -69,7 +86,13 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
         vf = v.to(tl.float32)
         vs = tl.load(VSCALE + bh * HEAD_DIM + offs_d)
         dst_v = (bh * HEAD_DIM + offs_d[None, :]) * LP + offs[:, None]
-        tl.store(V8 + dst_v, _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True), mask=mask)
+        # div_rn and the software rounding: the form checked on the GPU. (Markstein's division and the hardware cast
+        # measured 0.067 ms against 0.094 for this part on Wan 1.3B, both exact, but a runtime `if` choosing between
+        # two e4m3 casts compiled to wrong values with triton 3.6 on the H200; that form waits for a GPU check)
+        v8 = _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True)
+        # masked by LP (a multiple of 16, the row length of V8's storage) rather than L, so the store goes 16 bytes
+        # at a time; the columns [L, LP) get e4m3 zeros, and no one reads them
+        tl.store(V8 + dst_v, v8, mask=(offs < LP)[:, None])
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
@@ -84,7 +107,8 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
     ks = torch.empty_like(qs)
     _quantize_kernel[(n, bsz * nh)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
                                     q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh, 0,
-                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, num_warps=8 if block == 128 else 4)
+                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, EXACT=configs.INTERPRET,
+                                    num_warps=8 if block == 128 else 4)
     return QuantizedQK(q8, k8, qs, ks, mean, block)
 
 

@@ -3,9 +3,10 @@
 Mirrors `sparseflow.masks.key_block_ranges`: prefix, anchor frames, temporal window, suffix, each a half-open
 range of spec blocks; `_clip` sweeps them in start order so a block covered twice is computed once, and
 `_drop_tail` takes the last, partial key block (keys past L) out of its range so that the fused kernel's
-main loop needs no key mask; `_lut_clean` says the same of a top-k LUT row. `_structural_ranges` puts them
-together for one query block: the fused kernel walks those ranges, and the compensation pre-pass
-(`kernels/prepass.py` `compensation_bias`) marks their blocks as not pooled, from the same code.
+main loop needs no key mask; `_lut_clean` says the same of a top-k LUT row. `_query_block` gives a query
+block's tokens, route (Rule E) and frames, and `_structural_ranges` puts the ranges together for it: the fused
+kernel walks those ranges, and the compensation pre-pass (`kernels/prepass.py` `compensation_bias`) marks their
+blocks as not pooled, from the same code.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["_anchor_piece", "_clip", "_drop_tail", "_frame_blocks", "_lut_clean", "_structural_ranges"]
+__all__ = ["_anchor_piece", "_clip", "_drop_tail", "_frame_blocks", "_lut_clean", "_query_block", "_structural_ranges"]
 
 
 @triton.jit
@@ -66,6 +67,19 @@ def _lut_clean(lut_row, kq, N, tail):
         sel = tl.load(lut_row + j, mask=j < kq, other=0)
         bad = bad | (tl.sum(((sel < 0) | (tail & (sel == N - 1))).to(tl.int32), 0) > 0)
     return ~bad
+
+
+@triton.jit
+def _query_block(i, route, P, F, T, L, BLOCK: tl.constexpr):
+    """Query block i's tokens [t0, t1), the route it runs (Rule E: a block holding extra tokens runs dense, 0) and
+    the frames [flo, fhi] its video tokens span."""
+    t0 = i * BLOCK
+    t1 = tl.minimum(t0 + BLOCK, L)
+    VE = P + T * F
+    eff = tl.where((t0 < P) | (t1 > VE), 0, route)
+    flo = (tl.maximum(t0, P) - P) // F
+    fhi = (tl.minimum(t1, VE) - 1 - P) // F
+    return t0, t1, eff, flo, fhi
 
 
 @triton.jit

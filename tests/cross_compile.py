@@ -116,7 +116,7 @@ def quantize_launch(block: int) -> Launch:
     from comfyui_sparseflow.kernels import quant
 
     ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
-    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, V=None, VSCALE=None, V8=None)
+    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, EXACT=False, V=None, VSCALE=None, V8=None)
     return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS", "stride_vb", "stride_vh", "stride_vl"),
                   consts, 8 if block == 128 else 4, 3)
 
@@ -128,7 +128,8 @@ def quantize_fp8_launch(block: int) -> Launch:
 
     ptrs = {"Q": "fp16", "K": "fp16", "V": "fp16", "KMEAN": "fp32", "VSCALE": "fp32", "Q8": "i8", "K8": "i8",
             "V8": "fp8e4nv", "QS": "fp32", "KS": "fp32"}
-    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128, WITH_V=True),
+    return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS"), dict(BLOCK=block, HEAD_DIM=128, WITH_V=True,
+                                                                 EXACT=False),
                   8 if block == 128 else 4, 3)
 
 
@@ -169,6 +170,18 @@ def shared_memory_job(job: tuple) -> int:
     load_pack_package()
     name, args, cc = job
     return shared_memory(BUILDERS[name](*args), cc)
+
+
+def ptx_job(job: tuple) -> str:
+    """As `shared_memory_job`, returning the launch's PTX for that target."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    from pack_package import load_pack_package
+
+    load_pack_package()
+    name, args, cc = job
+    launch = BUILDERS[name](*args)
+    return triton.compile(source(launch), target=GPUTarget("cuda", cc, 32),
+                          options={"num_warps": launch.warps, "num_stages": launch.stages}).asm["ptx"]
 
 
 def fp8_mma_job(job: tuple) -> tuple[int, list[str]]:

@@ -67,7 +67,8 @@ def _rounding_cases() -> torch.Tensor:
     near = torch.cat([mid, torch.nextafter(mid, mid + 1), torch.nextafter(mid, mid - 1)])
     gen = torch.Generator().manual_seed(0)
     rand = torch.sign(torch.randn(4096, generator=gen)) * torch.exp2(torch.rand(4096, generator=gen) * 20 - 11)
-    return torch.cat([grid, near, torch.tensor([449.0, 464.0, 500.0, 1e4, -470.0, -1e30]), rand])
+    tiny = torch.tensor([-1e-4, -1e-3, -0.0009765625, -0.0, 1e-4, 0.0])  # round to -0 / +0
+    return torch.cat([grid, near, torch.tensor([449.0, 464.0, 500.0, 1e4, -470.0, -1e30]), rand, tiny])
 
 
 @needs_sm89
@@ -83,7 +84,8 @@ def test_the_kernels_e4m3_cast_is_torchs_round_to_nearest_even_bit_for_bit(exact
     y = torch.empty_like(xs)
     _cast_kernel[(1,)](xs, y, N=n, EXACT=exact)
     want = to_e4m3(x)
-    bad = (y[: x.numel()].cpu() != want).nonzero().flatten()
+    # bit patterns, so that -0 and +0 differ (a negative value that rounds to zero is -0 in torch's cast)
+    bad = (y[: x.numel()].cpu().view(torch.int32) != want.view(torch.int32)).nonzero().flatten()
     assert bad.numel() == 0, f"{bad.numel()} values differ, e.g. {x[bad[:5]].tolist()} -> " \
                              f"{y[bad[:5]].tolist()} (torch {want[bad[:5]].tolist()})"
 
@@ -187,3 +189,19 @@ def test_full_wan13b_shape_fp8_matches_the_fp8_reference(dtype):
           f"fp8 reference vs fp16 reference {gap:.2e}")
     assert torch.isfinite(out).all()
     assert err < 1e-2, f"rel error {err:.2e}"
+
+
+@needs_cuda
+@needs_sm89
+@pytest.mark.parametrize("magnitude", [1.0, 1e-18, 1e-24], ids=["unit", "scales_near_2^-64", "scales_under_2^-64"])
+def test_fp8_prepass_equals_the_reference_bit_for_bit_at_the_wan13b_shape(magnitude):
+    """The pre-pass's divisions give torch's correctly rounded quotients on 50 M elements per tensor: q and k through
+    one reciprocal per block and Markstein's correction per element (kernels/quant.py `_div_rn`), v through
+    `div_rn`; with bf16 inputs scaled down so that block scales fall near and under 2^-64 (where q and k divide with
+    `div_rn` too)."""
+    q, k, v = (x * magnitude for x in _qkv(1, 12, WAN13B.length, 128, torch.bfloat16, seed=3, layout="blhd"))
+    qb, kb, vb = to_bhld(q, 12), to_bhld(k, 12), to_bhld(v, 12)
+    (got_qk, got_v), want_qk, want_v = quantize_qkv(qb, kb, vb, 128), quantize_qk(qb, kb, 128), quantize_v(vb)
+    for name in ("q8", "k8", "q_scale", "k_scale"):
+        assert torch.equal(getattr(got_qk, name), getattr(want_qk, name)), name
+    assert torch.equal(got_v.v8.view(torch.uint8), want_v.v8.view(torch.uint8))

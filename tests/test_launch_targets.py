@@ -17,7 +17,7 @@ from itertools import product
 import pytest
 from comfyui_sparseflow.kernels import configs
 from comfyui_sparseflow.sparseflow.plan import FP16, INT8_QK
-from cross_compile import TARGET_LIMITS, shared_memory_job
+from cross_compile import TARGET_LIMITS, ptx_job, shared_memory_job
 
 pytest.importorskip("triton")
 
@@ -99,10 +99,24 @@ def test_every_target_keeps_a_config_for_each_spec_block_call_kind_and_precision
 
 def test_tiers_follow_the_devices_shared_memory():
     assert [configs.tier_for(_limits(cc)).name for cc in (80, 86, 89, 90, 100, 120)] == \
-        ["a100", "consumer", "consumer", "hopper", "blackwell", "consumer"]
+        ["a100", "consumer", "consumer", "hopper", "blackwell", "rtx50"]
     assert configs.tier_for(configs.DeviceLimits((7, 5), 65536)).name == "small"
     assert configs.use_descriptors(_limits(90), configs.tier_for(_limits(90)))
-    assert not configs.use_descriptors(_limits(120), configs.tier_for(_limits(120)))  # RTX 50: pointer loads
+    rtx50 = configs.tier_for(_limits(120))
+    assert configs.use_descriptors(_limits(120), rtx50) and not configs.use_descriptors(_limits(120), rtx50, fp8=True)
+    assert not configs.use_descriptors(_limits(89), configs.tier_for(_limits(89)))  # RTX 40: pointer loads
+
+
+def test_rtx50_descriptors_compile_to_the_copy_engine(monkeypatch):
+    """sm_120's tier reads K/V through tensor descriptors because Triton lowers them to TMA there (on sm_89 the same
+    source falls back to plain loads, which would make the tier's choice pointless)."""
+    c = configs.launch_configs(configs.tier_for(_limits(120)), 128, has_lut=False)[0]
+    job = ("fused", ((c.block_m, c.block_n, c.warps, c.stages), 128, True, False, True, True))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the spawned workers jit, not interpret
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ptx = dict(zip((120, 89), pool.map(ptx_job, [(*job, cc) for cc in (120, 89)])))
+    assert "cp.async.bulk.tensor" in ptx[120]
+    assert "cp.async.bulk.tensor" not in ptx[89]
 
 
 def test_a_forced_tier_serves_any_device(monkeypatch):
