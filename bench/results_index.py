@@ -99,6 +99,38 @@ KERNEL = {
                                       "sdpa_default --tiers hopper,a100,consumer", None),
     "bench_h200_tiers_b794896.md": ("the table of bench_h200_tiers_b794896.json", "(written by the same run)",
                                     "NVIDIA H200"),
+    "bench_h200_tiers_f6ed1ac.json": ("issue 16: the whole op and the kernel with each tier's configs forced, 1.3B and "
+                                      "14B, with the rtx50 tier (RTX 50: consumer configs, K/V through descriptors); "
+                                      "the fused kernel of f6ed1ac (run on the tree before its _query_block refactor, "
+                                      "whose sm_90 code is the same); the JSON's commit names that tree",
+                                      "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p --providers "
+                                      "sdpa_default --tiers hopper,a100,rtx50,consumer", None),
+    "bench_h200_tiers_f6ed1ac.md": ("the table of bench_h200_tiers_f6ed1ac.json", "(written by the same run)",
+                                    "NVIDIA H200"),
+    "bench_h200_precisions_prelim_f6ed1ac.json": ("issues 16, 21: 1.3B, fp16 / int8-qk / fp8 x hopper / rtx50 / "
+                                                  "consumer tiers, on a tree before f6ed1ac: its fused kernel, but an "
+                                                  "intermediate quantize pre-pass whose fp8 v was wrong (a runtime "
+                                                  "`if` between two e4m3 casts; gpu_tests_h200_f6ed1ac.log): its fp8 "
+                                                  "rows are void, fp16 and int8-qk rows stand",
+                                                  "python3 bench/bench_attention.py --shapes wan13b_480p --providers "
+                                                  "sdpa_default --precision fp16,int8-qk,fp8 --tiers "
+                                                  "hopper,rtx50,consumer", None),
+    "bench_h200_precisions_prelim_f6ed1ac.md": ("the table of bench_h200_precisions_prelim_f6ed1ac.json",
+                                                "(written by the same run)", "NVIDIA H200"),
+    "profile_prepass_230b8a0.jsonl": ("issue 21: device time per kernel of one 1.3B whole-op call, fp16 / int8-qk / "
+                                      "fp8, without and with compensation, before the pre-pass changes (230b8a0)",
+                                      "python3 bench/profile_prepass.py", "NVIDIA H200"),
+    "profile_prepass_f6ed1ac.jsonl": ("issue 21: the same after the pre-pass changes of f6ed1ac (Markstein division "
+                                      "for q and k, 16-byte e4m3 stores), on its tree but for the software e4m3 "
+                                      "rounding's sign of zero (fixed after the run)",
+                                      "python3 bench/profile_prepass.py", "NVIDIA H200"),
+    "gpu_tests_h200_f6ed1ac.log": ("GPU tests of the trees leading to f6ed1ac, two calls (the header says which "
+                                   "tree each ran): rtx50 tier forced, own tier, int8-qk / fp8 kernels and pre-pass "
+                                   "bit for bit at the Wan 1.3B shape, the consumer tier's quantized cases, and the "
+                                   "e4m3 v variants' diagnostic",
+                                   "python3 -m pytest tests/test_kernels_int8.py tests/test_kernels_fp8.py ...; "
+                                   "SPARSEFLOW_LAUNCH_TIER=rtx50 python3 -m pytest tests/test_kernels.py "
+                                   "tests/test_kernels_lse.py", "NVIDIA H200"),
     "gpu_tests_h200_b794896.log": ("GPU tests of the compensation bias pre-pass: kernel, pre-pass, LSE, op, int8 and "
                                    "fp8 kernel tests on the H200's tier and with the consumer tier forced (the "
                                    "header says which run saw which tree)",
@@ -184,6 +216,10 @@ E2E_NOTES = {
                        "after 2 warm-up; 14B 2 steps after 1; the JSON's commit is the device copy's stale HEAD)",
     "_0364_b794896": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_b794896` (1.3B, the RTX configs "
                      "forced as @consumer)",
+    "_newest_f6ed1ac": "issues 16, 17, 21: the newest-shape tree at f6ed1ac's kernels (1.3B, 4 steps after 2; the "
+                       "JSON's commit names the tree: f6ed1ac but the e4m3 rounding's sign of zero)",
+    "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
+                     "forced (@rtx50), int8-qk and fp8 with f6ed1ac's pre-pass",
     "_0364_3fb78be": "issues 16, 19, 21: ComfyUI 0.3.64 in the same call as `_newest_3fb78be`: Compare, int8-qk, the "
                      "RTX configs forced (@consumer), sol_attn, Sage (8 steps; written as e2e_wan21_1.3b_0364.json)",
 }
