@@ -24,16 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 __import__("pack_package").load_pack_package()
 
 import triton  # noqa: E402
-from cross_compile import fused_launch, source  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
+from cross_compile import compile_for, fused_launch  # noqa: E402
 
 OP = re.compile(r"\s*/\*[0-9a-f]+\*/\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
 def sass() -> list[str]:
-    launch = fused_launch((128, 128, 8, 3), 128, True, False, True, False)
-    compiled = triton.compile(source(launch), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": launch.warps, "num_stages": launch.stages})
+    compiled = compile_for(fused_launch((128, 128, 8, 3), 128, True, False, True, False), 90)
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])

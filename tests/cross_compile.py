@@ -55,11 +55,15 @@ def source(launch: Launch) -> ASTSource:
     return ASTSource(launch.fn, sig, launch.constexprs, attrs)
 
 
+def compile_for(launch: Launch, cc: int):
+    """The launch compiled for compute capability `cc` (e.g. 89): Triton's CompiledKernel (asm, metadata)."""
+    return triton.compile(source(launch), target=GPUTarget("cuda", cc, 32),
+                          options={"num_warps": launch.warps, "num_stages": launch.stages})
+
+
 def shared_memory(launch: Launch, cc: int) -> int:
     """Bytes of shared memory the launch asks for on compute capability `cc` (e.g. 89)."""
-    compiled = triton.compile(source(launch), target=GPUTarget("cuda", cc, 32),
-                              options={"num_warps": launch.warps, "num_stages": launch.stages})
-    return int(compiled.metadata.shared)
+    return int(compile_for(launch, cc).metadata.shared)
 
 
 def fused_launch(config: tuple[int, int, int, int], block: int, tma: bool, has_lut: bool, has_comp: bool,
@@ -160,28 +164,25 @@ BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "comp_bias
             "add_norm": add_norm_launch}
 
 
-def shared_memory_job(job: tuple) -> int:
-    """Worker of a process pool: job = (builder name, builder args, cc) -> shared memory in bytes.
-
-    Runs in a fresh (spawned) process without TRITON_INTERPRET, so the kernels are jitted, not interpreted."""
+def _job_launch(job: tuple) -> tuple[Launch, int]:
+    """(launch, cc) of a pool job = (builder name, builder args, cc), in a fresh (spawned) process without
+    TRITON_INTERPRET, so the kernels are jitted, not interpreted."""
     os.environ.pop("TRITON_INTERPRET", None)
     from pack_package import load_pack_package
 
     load_pack_package()
     name, args, cc = job
-    return shared_memory(BUILDERS[name](*args), cc)
+    return BUILDERS[name](*args), cc
+
+
+def shared_memory_job(job: tuple) -> int:
+    """Worker of a process pool: job = (builder name, builder args, cc) -> shared memory in bytes."""
+    return shared_memory(*_job_launch(job))
 
 
 def ptx_job(job: tuple) -> str:
     """As `shared_memory_job`, returning the launch's PTX for that target."""
-    os.environ.pop("TRITON_INTERPRET", None)
-    from pack_package import load_pack_package
-
-    load_pack_package()
-    name, args, cc = job
-    launch = BUILDERS[name](*args)
-    return triton.compile(source(launch), target=GPUTarget("cuda", cc, 32),
-                          options={"num_warps": launch.warps, "num_stages": launch.stages}).asm["ptx"]
+    return compile_for(*_job_launch(job)).asm["ptx"]
 
 
 def fp8_mma_job(job: tuple) -> tuple[int, list[str]]:
@@ -189,13 +190,6 @@ def fp8_mma_job(job: tuple) -> tuple[int, list[str]]:
     sm_90 `wgmma ... e4m3`, sm_100 `tcgen05.mma ... kind::f8f6f4`), de-duplicated."""
     import re
 
-    os.environ.pop("TRITON_INTERPRET", None)
-    from pack_package import load_pack_package
-
-    load_pack_package()
-    name, args, cc = job
-    launch = BUILDERS[name](*args)
-    compiled = triton.compile(source(launch), target=GPUTarget("cuda", cc, 32),
-                              options={"num_warps": launch.warps, "num_stages": launch.stages})
+    compiled = compile_for(*_job_launch(job))
     mmas = re.findall(r"(?:wgmma\.mma_async|mma\.sync|tcgen05\.mma)[\w.:]*", compiled.asm["ptx"])
     return int(compiled.metadata.shared), sorted({m for m in mmas if "e4m3" in m or "f8f6f4" in m})

@@ -22,9 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pack_package import load_pack_package  # noqa: E402
 
 load_pack_package()
-import triton  # noqa: E402
-from cross_compile import fused_launch, source  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
+from cross_compile import compile_for, fused_launch  # noqa: E402
 
 CASES = (("sm90_128_128_8_3_tma", 90, (128, 128, 8, 3), True), ("sm89_128_64_8_3", 89, (128, 64, 8, 3), False))
 DEBUG_LABELS = ("$L__func", "$L__tmp", "$L__debug")
@@ -49,8 +47,7 @@ def main(outdir: str) -> None:
     Path(outdir).mkdir(parents=True, exist_ok=True)
     for name, cc, cfg, tma in CASES:
         for kind in ((True, True, True), (False, False, False)):
-            compiled = triton.compile(source(fused_launch(cfg, 128, tma, *kind)), target=GPUTarget("cuda", cc, 32),
-                                      options={"num_warps": cfg[2], "num_stages": cfg[3]})
+            compiled = compile_for(fused_launch(cfg, 128, tma, *kind), cc)
             text = instructions(compiled.asm["ptx"])
             tag = f"{name}_{''.join('1' if x else '0' for x in kind)}"
             (Path(outdir) / f"{tag}.ptx").write_text(text)
