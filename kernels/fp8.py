@@ -35,7 +35,9 @@ def _round_e4m3(x):
     bits = (raw + 0x7FFFF + ((raw >> 20) & 1)) & -0x100000
     normal = bits.to(tl.float32, bitcast=True)
     sub = (tl.abs(x) + _SUB) - _SUB
-    sub = tl.where(raw < 0, -sub, sub)  # a negative x that rounds to zero is -0 in e4m3, as torch casts it
+    # x's sign bit on it: a negative x that rounds to zero is -0 in e4m3, as torch casts it (not `-sub`, which
+    # Triton compiles as 0 - sub, +0 for a zero)
+    sub = (sub.to(tl.int32, bitcast=True) | (raw & -0x80000000)).to(tl.float32, bitcast=True)
     return tl.where(tl.abs(x) < 0.015625, sub, normal)
 
 

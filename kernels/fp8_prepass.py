@@ -2,9 +2,10 @@
 
 docs/spec.md §8; the math is `sparseflow/quantize.py` and `sparseflow/fp8.py`. The kernel is `kernels/quant.py`'s
 with v (WITH_V): one program per (spec block, batch x head) reads that block of q, k and v once and writes int8 q,
-int8 k - mean, e4m3 v / scale and the two fp32 block scales (`kernels/fp8.py`'s exact e4m3 rounding, so the values
-equal torch's on the GPU and under the CPU interpreter alike). The per-channel V scale needs v's amax over the whole
-sequence first: one torch reduction, as k's mean is.
+int8 k - mean, e4m3 v / scale and the two fp32 block scales. v / scale is divided as q and k are (Markstein's
+correction) and cast by the hardware's round-to-nearest-even on the GPU, rounded first by `kernels/fp8.py`'s
+`_round_e4m3` under the CPU interpreter, so the values equal torch's on both. The per-channel V scale needs v's
+amax over the whole sequence first: `kernels/quant.py` `channel_stats` makes it in the pass that makes k's mean.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..sparseflow.fp8 import QuantizedV, fp8_device_reason, v_scale
+from ..sparseflow.fp8 import E4M3_MAX, QuantizedV, fp8_device_reason
 from ..sparseflow.inputs import KernelLaunchError
-from ..sparseflow.quantize import QuantizedQK, k_channel_mean
+from ..sparseflow.quantize import QuantizedQK, scale_from_amax
 from . import configs
-from .quant import _quantize_kernel, smoothed_means
+from .quant import _quantize_kernel, channel_stats, smoothed_means
 
 __all__ = ["Fp8Call", "quantize_call", "quantize_qkv"]
 
@@ -34,8 +35,9 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
     (an [L, D] tile would be transposed on chip every tile)."""
     bsz, nh, length, d = q.shape
     n = triton.cdiv(length, block)
-    mean = k_channel_mean(k).contiguous()
-    vs = v_scale(v).contiguous()
+    stats = channel_stats(k, v)  # k's mean and v's amax in one pass
+    mean = stats.k_mean
+    vs = scale_from_amax(stats.v_amax, E4M3_MAX)
     q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
     k8 = torch.empty_like(q8)
     lp = triton.cdiv(length, V_ROW_ALIGN) * V_ROW_ALIGN

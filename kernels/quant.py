@@ -2,8 +2,9 @@
 
 docs/spec.md §8; the math is `sparseflow/quantize.py` (k smoothed by its channel mean, SageAttention's idea,
 arXiv:2410.02367; our own code). A separate small kernel rather than a part of the block-means pass: k's scales
-need the mean over the whole sequence first, so k is read twice either way (a torch mean, then this pass), and
-the block means are only made for calls with compensation or pooled linear heads. One program per (spec block,
+need the mean over the whole sequence first, so k is read twice either way (the channel-statistics pass,
+`channel_stats`, then this one), and the block means are only made for calls with compensation or pooled linear
+heads. One program per (spec block,
 batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales (the fp8
 pre-pass, kernels/fp8_prepass.py, runs the same kernel with v: e4m3 v / its channel scale too).
 
@@ -15,16 +16,18 @@ interpreter).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from ..sparseflow.quantize import QuantizedQK, k_channel_mean
+from ..sparseflow.quantize import QuantizedQK
 from . import configs
 from .fp8 import _to_e4m3
 from .tiles import _op
 
-__all__ = ["_logits", "_pooled_operand", "quantize_qk", "smoothed_means"]
+__all__ = ["STATS_SPAN", "ChannelStats", "_logits", "_pooled_operand", "channel_stats", "quantize_qk", "smoothed_means"]
 
 _RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
 
@@ -86,13 +89,76 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
         vf = v.to(tl.float32)
         vs = tl.load(VSCALE + bh * HEAD_DIM + offs_d)
         dst_v = (bh * HEAD_DIM + offs_d[None, :]) * LP + offs[:, None]
-        # div_rn and the software rounding: the form checked on the GPU. (Markstein's division and the hardware cast
-        # measured 0.067 ms against 0.094 for this part on Wan 1.3B, both exact, but a runtime `if` choosing between
-        # two e4m3 casts compiled to wrong values with triton 3.6 on the H200; that form waits for a GPU check)
-        v8 = _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True)
+        if EXACT:  # the CPU interpreter: div_rn and the software rounding (its e4m3 cast is not torch's)
+            v8 = _to_e4m3(tl.math.div_rn(vf, vf * 0 + vs[None, :]), True)
+        else:
+            # Markstein's division and the hardware cast (round to nearest even, as torch). A channel whose scale is
+            # under 2^-64 (see _div_rn) has its values and its scale multiplied by 2^100 first: exact (a power of
+            # two; |v| <= 448 * scale), and the quotient stays the same. No runtime `if`: two e4m3 casts chosen by
+            # one compiled to wrong values (triton 3.6, H200)
+            lift = tl.where(vs < 5.421010862427522e-20, 1.2676506002282294e30, 1.0)
+            s = vs * lift
+            v8 = _div_rn(vf * lift[None, :], s[None, :], tl.math.div_rn(s * 0 + 1.0, s)[None, :]).to(tl.float8e4nv)
         # masked by LP (a multiple of 16, the row length of V8's storage) rather than L, so the store goes 16 bytes
         # at a time; the columns [L, LP) get e4m3 zeros, and no one reads them
         tl.store(V8 + dst_v, v8, mask=(offs < LP)[:, None])
+
+
+STATS_SPAN = 1024  # tokens per program of the channel-statistics pass (a multiple of its 64-token tile)
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """What the quantize pre-pass needs over the whole sequence, per (batch, head, channel): k's mean (the
+    smoothing offset) and, for precision fp8, v's amax (its e4m3 scale's numerator)."""
+
+    k_mean: torch.Tensor  # (B, H, D) fp32
+    v_amax: torch.Tensor | None  # (B, H, D) fp32, or None without v
+
+
+@triton.jit
+def _channel_stats_kernel(K, V, KSUM, VMAX, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L,
+                          HEADS, SPLITS, SPAN: tl.constexpr, BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr,
+                          WITH_V: tl.constexpr):
+    """KSUM[bh, s] = fp32 channel sums of k over tokens [s * SPAN, (s + 1) * SPAN) of one (batch, head); WITH_V:
+    VMAX[bh, s] = v's channel amax there too (fp32, exact). One pass reads k and v once."""
+    s = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HEADS
+    h = bh % HEADS
+    offs_d = tl.arange(0, HEAD_DIM)
+    ksum = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    vmax = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for t in range(0, SPAN, BLOCK_L):
+        offs = s * SPAN + t + tl.arange(0, BLOCK_L)
+        mask = (offs < L)[:, None]
+        k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask,
+                    other=0.0)
+        ksum += tl.sum(k.to(tl.float32), 0)
+        if WITH_V:
+            v = tl.load(V + b * stride_vb + h * stride_vh + offs[:, None] * stride_vl + offs_d[None, :], mask=mask,
+                        other=0.0)
+            vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), 0))
+    dst = (bh * SPLITS + s) * HEAD_DIM + offs_d
+    tl.store(KSUM + dst, ksum)
+    if WITH_V:
+        tl.store(VMAX + dst, vmax)
+
+
+def channel_stats(k: torch.Tensor, v: torch.Tensor | None = None) -> ChannelStats:
+    """k's channel mean over the sequence (and v's channel amax) of (B, H, L, D) views with unit last stride, in one
+    pass over k and v: per span of STATS_SPAN tokens a Triton program's fp32 sums (amax), then torch adds the spans
+    (deterministic: no atomics). The mean's rounding differs from `torch.mean`'s by the order of the additions (any
+    offset smooths k exactly: q.(k - m) moves each query row's logits by one constant); v's amax is exact."""
+    bsz, nh, length, d = k.shape
+    splits = triton.cdiv(length, STATS_SPAN)
+    ksum = torch.empty(bsz, nh, splits, d, dtype=torch.float32, device=k.device)
+    vmax = torch.empty_like(ksum) if v is not None else None
+    vs = v.stride() if v is not None else (0, 0, 0, 0)
+    _channel_stats_kernel[(splits, bsz * nh)](k, v, ksum, vmax, k.stride(0), k.stride(1), k.stride(2), vs[0], vs[1],
+                                              vs[2], length, nh, splits, SPAN=STATS_SPAN, BLOCK_L=64, HEAD_DIM=d,
+                                              WITH_V=v is not None, num_warps=4)
+    return ChannelStats(ksum.sum(dim=2) / length, vmax.amax(dim=2) if vmax is not None else None)
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
@@ -100,7 +166,7 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
     smoothed k (contiguous (B, H, L, D)) and their (B, H, N) scales, per spec block of `block` tokens."""
     bsz, nh, length, d = q.shape
     n = triton.cdiv(length, block)
-    mean = k_channel_mean(k).contiguous()
+    mean = channel_stats(k).k_mean
     q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
     k8 = torch.empty_like(q8)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)

@@ -79,11 +79,14 @@ class QuantizedQK:
         return dequantize(self.q8, self.q_scale, self.block), dequantize(self.k8, self.k_scale, self.block)
 
 
-def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int, precision: str = INT8_QK) -> QuantizedQK:
-    """The `int8-qk` quantization of (B, H, L, D) q and k, per spec block of `block` tokens (`fp8`'s Q·K too)."""
+def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int, precision: str = INT8_QK,
+                k_mean: torch.Tensor | None = None) -> QuantizedQK:
+    """The `int8-qk` quantization of (B, H, L, D) q and k, per spec block of `block` tokens (`fp8`'s Q·K too).
+    `k_mean` (B, H, D) fp32: the smoothing offset to use (default `k_channel_mean(k)`; the kernels' pre-pass sums
+    in another order, kernels/quant.py `channel_stats`)."""
     if precision not in (INT8_QK, FP8):
         raise ValueError(f"quantize: precision must be {INT8_QK!r} or {FP8!r}, got {precision!r}")
-    mean = k_channel_mean(k)
+    mean = k_channel_mean(k) if k_mean is None else k_mean
     q8, qs = quantize_blocks(q.float(), block)
     k8, ks = quantize_blocks(k.float() - mean[:, :, None], block)
     return QuantizedQK(q8, k8, qs, ks, mean, block)

@@ -20,6 +20,18 @@ def assert_close_report(actual: torch.Tensor, expected: torch.Tensor, atol: floa
                              f"max abs diff {worst:.3e}; first at {idx}")
 
 
+def assert_mean_close(got: torch.Tensor, k: torch.Tensor) -> None:
+    """A pre-pass's fp32 channel mean of k (B, H, L, D) against the exact (fp64) one: within a few fp32 roundings of
+    the channel's mean magnitude (4e-6 of it: a sum at most ~50 rounded additions deep); a token left out or counted
+    twice is off by 1 / L of it."""
+    exact = k.double().mean(dim=2)
+    assert got.dtype == torch.float32 and got.shape == exact.shape
+    bound = 4e-6 * k.double().abs().mean(dim=2)
+    err = (got.double() - exact).abs()
+    worst = float((err / bound.clamp_min(1e-300)).max())
+    assert bool((err <= bound).all()), f"k mean off by up to {worst:.2f} x 4e-6 of the channel's mean |k|"
+
+
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, e = actual.double(), expected.double()
     return float((a - e).norm() / e.norm().clamp_min(1e-30))

@@ -26,7 +26,7 @@ from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, FP8, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.quantize import quantize_qk  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import check_kernel_vs_reference, random_qkv, rel_error  # noqa: E402
+from helpers import assert_mean_close, check_kernel_vs_reference, random_qkv, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the fp16 path's tolerances (tests/test_kernels.py): the e4m3 values are the reference's, the rest is fp32 math
@@ -95,8 +95,10 @@ def test_the_kernels_e4m3_cast_is_torchs_round_to_nearest_even_bit_for_bit(exact
 def test_fp8_prepass_equals_the_reference_quantization_bit_for_bit(block):
     q, k, v = _qkv(2, 3, G_ODD.length, 64, torch.bfloat16, seed=1, layout="blhd")
     qb, kb, vb = to_bhld(q, 3), to_bhld(k, 3), to_bhld(v, 3)  # strided views, as the launcher passes them
-    (got_qk, got_v), want_qk, want_v = quantize_qkv(qb, kb, vb, block), quantize_qk(qb, kb, block), quantize_v(vb)
-    for name in ("q8", "k8", "q_scale", "k_scale", "k_mean"):
+    got_qk, got_v = quantize_qkv(qb, kb, vb, block)
+    assert_mean_close(got_qk.k_mean, kb)
+    want_qk, want_v = quantize_qk(qb, kb, block, k_mean=got_qk.k_mean), quantize_v(vb)
+    for name in ("q8", "k8", "q_scale", "k_scale"):
         assert torch.equal(getattr(got_qk, name), getattr(want_qk, name)), name
     assert torch.equal(got_v.scale, want_v.scale)
     assert torch.equal(got_v.v8.view(torch.uint8), want_v.v8.view(torch.uint8))
@@ -201,7 +203,9 @@ def test_fp8_prepass_equals_the_reference_bit_for_bit_at_the_wan13b_shape(magnit
     `div_rn` too)."""
     q, k, v = (x * magnitude for x in _qkv(1, 12, WAN13B.length, 128, torch.bfloat16, seed=3, layout="blhd"))
     qb, kb, vb = to_bhld(q, 12), to_bhld(k, 12), to_bhld(v, 12)
-    (got_qk, got_v), want_qk, want_v = quantize_qkv(qb, kb, vb, 128), quantize_qk(qb, kb, 128), quantize_v(vb)
+    got_qk, got_v = quantize_qkv(qb, kb, vb, 128)
+    assert_mean_close(got_qk.k_mean, kb)
+    want_qk, want_v = quantize_qk(qb, kb, 128, k_mean=got_qk.k_mean), quantize_v(vb)
     for name in ("q8", "k8", "q_scale", "k_scale"):
         assert torch.equal(getattr(got_qk, name), getattr(want_qk, name)), name
     assert torch.equal(got_v.v8.view(torch.uint8), want_v.v8.view(torch.uint8))

@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from comfyui_sparseflow.kernels import configs, fused_attention  # noqa: E402
+from comfyui_sparseflow.kernels.quant import STATS_SPAN, channel_stats  # noqa: E402
 from comfyui_sparseflow.kernels.quant import quantize_qk as quantize_qk_triton  # noqa: E402
 from comfyui_sparseflow.sparseflow.geometry import Geometry  # noqa: E402
 from comfyui_sparseflow.sparseflow.inputs import to_bhld  # noqa: E402
@@ -21,7 +22,7 @@ from comfyui_sparseflow.sparseflow.masks import topk_lut  # noqa: E402
 from comfyui_sparseflow.sparseflow.plan import DENSE, INT8_QK, LINEAR, SPARSE, AttentionPlan  # noqa: E402
 from comfyui_sparseflow.sparseflow.quantize import quantize_qk  # noqa: E402
 from comfyui_sparseflow.sparseflow.reference import reference_attention  # noqa: E402
-from helpers import check_kernel_vs_reference, random_qkv, rel_error  # noqa: E402
+from helpers import assert_mean_close, check_kernel_vs_reference, random_qkv, rel_error  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the fp16 path's tolerances (tests/test_kernels.py): int8 q·k is exact in both, the rest is the same fp32 math
@@ -48,9 +49,26 @@ def _check(plan, batch=1, dim=64, dtype=torch.bfloat16, layout="bhld", lut=None,
 def test_quantize_prepass_equals_the_reference_quantization_bit_for_bit(block):
     q, k, _ = _qkv(2, 3, G_ODD.length, 64, torch.bfloat16, seed=1, layout="blhd")
     qb, kb = to_bhld(q, 3), to_bhld(k, 3)  # strided (B, H, L, D) views, as the launcher passes them
-    got, want = quantize_qk_triton(qb, kb, block), quantize_qk(qb, kb, block)
-    for name in ("q8", "k8", "q_scale", "k_scale", "k_mean"):
+    got = quantize_qk_triton(qb, kb, block)
+    assert_mean_close(got.k_mean, kb)
+    want = quantize_qk(qb, kb, block, k_mean=got.k_mean)  # the pre-pass's mean sums in another order
+    for name in ("q8", "k8", "q_scale", "k_scale"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
+@pytest.mark.parametrize("with_v", [False, True], ids=["k", "k_and_v"])
+def test_channel_stats_pass_gives_the_mean_of_k_and_the_exact_amax_of_v_across_spans(with_v):
+    """Three spans of STATS_SPAN tokens, the last partial, over strided views: k's mean as assert_mean_close bounds
+    it, v's amax equal to torch's (a max is exact in any order)."""
+    length = 2 * STATS_SPAN + 77
+    _, k, v = _qkv(2, 3, length, 64, torch.bfloat16, seed=5, layout="blhd")
+    kb, vb = to_bhld(k, 3), to_bhld(v, 3)
+    stats = channel_stats(kb, vb if with_v else None)
+    assert_mean_close(stats.k_mean, kb)
+    if with_v:
+        assert torch.equal(stats.v_amax, vb.abs().amax(dim=2).float())
+    else:
+        assert stats.v_amax is None
 
 
 def test_mixed_routes_with_extra_tokens_anchors_and_windows_match_the_int8_reference():
