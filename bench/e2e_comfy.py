@@ -10,10 +10,12 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sage             every attention call through ComfyUI's attention_sage (what --use-sage-attention does)
   sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (stand-in: bench/e2e/overrides.py)
   sparseflow       nodes/patch.py apply_sparseflow: default schedule and routing presets, backend triton
-                   (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults)
+                   (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults; precision
+                   "auto": int8-qk with the consumer tier's configs, fp16 otherwise)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
-  sparseflow_int8qk  the same with precision int8-qk (int8 Q·K); sparseflow_fp8: precision fp8 (also e4m3 P·V)
+  sparseflow_int8qk  the same with precision int8-qk (int8 Q·K); sparseflow_fp8: precision fp8 (also e4m3 P·V);
+                   sparseflow_fp16: precision fp16 (what "auto" is not on the consumer tier)
   sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
   sparseflow_spNNN the same with the Patch node's sparsity slider at NNN/100 (e.g. sparseflow_sp030)
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
@@ -70,8 +72,8 @@ from bench.e2e.timing import Breakdown, StepTimer, sync  # noqa: E402
 
 log = logging.getLogger("sparseflow.bench.e2e")
 
-# the Patch node's `precision` choices other than fp16, as configuration names
-PRECISION_CONFIGS = {"sparseflow_int8qk": "int8-qk", "sparseflow_fp8": "fp8"}
+# the Patch node's `precision` choices other than its default "auto", as configuration names
+PRECISION_CONFIGS = {"sparseflow_fp16": "fp16", "sparseflow_int8qk": "int8-qk", "sparseflow_fp8": "fp8"}
 BASE_CONFIGS = ("default", "sage", "sol_attn", "sparseflow", "sparseflow_cal")
 
 

@@ -27,9 +27,11 @@ import triton
 import triton.language as tl
 
 from ..sparseflow.inputs import KernelLaunchError
+from ..sparseflow.plan import PrecisionChoice
 
-__all__ = ["AUTOTUNE_KEY", "INTERPRET", "TIERS", "TIER_ENV", "TIER_NAMES", "DeviceLimits", "LaunchConfig", "Tier",
-           "device_limits", "interpret_config", "keep", "launch_configs", "tier_for", "use_descriptors"]
+__all__ = ["AUTOTUNE_KEY", "INTERPRET", "TIERS", "TIER_ENV", "TIER_NAMES", "DeviceLimits", "LaunchConfig",
+           "Tier", "auto_precision", "device_limits", "interpret_config", "keep", "launch_configs",
+           "tier_for", "use_descriptors"]
 
 log = logging.getLogger("sparseflow.kernels")
 _logged: set = set()
@@ -76,6 +78,7 @@ class Tier:
     block128: tuple[LaunchConfig, ...]
     block64: tuple[LaunchConfig, ...]
     fp8_descriptors: bool = True  # precision fp8 too (where `descriptors`); False: fp8 calls take pointer loads
+    auto: str = "fp16"  # the Q·K precision the Patch node's precision "auto" takes on this tier (measured)
 
 
 C = LaunchConfig
@@ -108,9 +111,15 @@ TIERS = (
     # (1.995 ms, 1.3B window 0; 128/64/8/2 2.381).
     # Candidates that fit and were slower there (bench/results/bench_h200_sweep_67a3401.md): 128/32/8/3..5,
     # 64/64/4/3, 64/32/4/4
+    # precision auto: int8-qk. On the H200 with these configs forced, Wan 1.3B whole op int8-qk 1.468 ms (8.05x
+    # SDPA) vs fp16 1.501 at window 0, 8 % / 11 % faster at windows 1 / 2
+    # (bench/results/bench_h200_precisions_b7a6116.md; int8 K tiles take half the bytes through the pointer path);
+    # on the cards themselves more: GeForce Ada/Ampere run
+    # fp16 MMA with fp32 accumulation at a quarter of int8's rate (RTX 4090: 165 TFLOPS vs 660 TOPS, NVIDIA's Ada
+    # whitepaper). Quality: docs/fidelity.md (within 0.01 dB of fp16 on the trained model)
     Tier("consumer", 101376, (), False,
          (C(128, 64, 8, 3, with_fp8_mixed=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
-         (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2))),
+         (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2)), auto="int8-qk"),
     # 64 KiB parts (sm_75 T4 and the like)
     Tier("small", 0, (), False,
          (C(128, 32, 8, 2), C(64, 32, 4, 2)),
@@ -150,6 +159,15 @@ def tier_for(limits: DeviceLimits) -> Tier:
         if limits.shared_memory >= tier.shared_memory and (not tier.majors or limits.capability[0] in tier.majors):
             return tier
     return TIERS[-1]
+
+
+def auto_precision(limits: DeviceLimits) -> PrecisionChoice:
+    """The precision "auto" resolves to on a device: its tier's `auto` (int8-qk where it measured faster), fp16 where
+    Triton has no int8 MMA (below sm_80)."""
+    tier = tier_for(limits)
+    if tier.auto != "fp16" and limits.capability < (8, 0):
+        return PrecisionChoice("fp16", f"{limits.describe()} has no int8 tensor-core path in Triton (sm_80+)")
+    return PrecisionChoice(tier.auto, f"launch tier {tier.name} on {limits.describe()}")
 
 
 def use_descriptors(limits: DeviceLimits, tier: Tier, fp8: bool = False) -> bool:

@@ -104,7 +104,7 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
         tl.store(V8 + dst_v, v8, mask=(offs < LP)[:, None])
 
 
-STATS_SPAN = 1024  # tokens per program of the channel-statistics pass (a multiple of its 64-token tile)
+STATS_SPAN = 512  # tokens per program of the channel-statistics pass (a multiple of its 32-token tile)
 
 
 @dataclass(frozen=True)
@@ -127,22 +127,23 @@ def _channel_stats_kernel(K, V, KSUM, VMAX, stride_kb, stride_kh, stride_kl, str
     b = bh // HEADS
     h = bh % HEADS
     offs_d = tl.arange(0, HEAD_DIM)
-    ksum = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    vmax = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    # elementwise accumulators, reduced over tokens once at the end (a reduction per tile would cost a barrier each)
+    ksum = tl.zeros([BLOCK_L, HEAD_DIM], dtype=tl.float32)
+    vmax = tl.zeros([BLOCK_L, HEAD_DIM], dtype=tl.float32)
     for t in range(0, SPAN, BLOCK_L):
         offs = s * SPAN + t + tl.arange(0, BLOCK_L)
         mask = (offs < L)[:, None]
         k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask,
                     other=0.0)
-        ksum += tl.sum(k.to(tl.float32), 0)
+        ksum += k.to(tl.float32)
         if WITH_V:
             v = tl.load(V + b * stride_vb + h * stride_vh + offs[:, None] * stride_vl + offs_d[None, :], mask=mask,
                         other=0.0)
-            vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), 0))
+            vmax = tl.maximum(vmax, tl.abs(v.to(tl.float32)))
     dst = (bh * SPLITS + s) * HEAD_DIM + offs_d
-    tl.store(KSUM + dst, ksum)
+    tl.store(KSUM + dst, tl.sum(ksum, 0))
     if WITH_V:
-        tl.store(VMAX + dst, vmax)
+        tl.store(VMAX + dst, tl.max(vmax, 0))
 
 
 def channel_stats(k: torch.Tensor, v: torch.Tensor | None = None) -> ChannelStats:
@@ -156,7 +157,7 @@ def channel_stats(k: torch.Tensor, v: torch.Tensor | None = None) -> ChannelStat
     vmax = torch.empty_like(ksum) if v is not None else None
     vs = v.stride() if v is not None else (0, 0, 0, 0)
     _channel_stats_kernel[(splits, bsz * nh)](k, v, ksum, vmax, k.stride(0), k.stride(1), k.stride(2), vs[0], vs[1],
-                                              vs[2], length, nh, splits, SPAN=STATS_SPAN, BLOCK_L=64, HEAD_DIM=d,
+                                              vs[2], length, nh, splits, SPAN=STATS_SPAN, BLOCK_L=32, HEAD_DIM=d,
                                               WITH_V=v is not None, num_warps=4)
     return ChannelStats(ksum.sum(dim=2) / length, vmax.amax(dim=2) if vmax is not None else None)
 

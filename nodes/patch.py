@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..sparseflow.plan import BLOCKS, FP8, FP16, INT8_QK, LINEAR_KINDS, PRECISIONS
+from ..sparseflow.plan import BLOCKS, FP8, FP16, INT8_QK, LINEAR_KINDS, PRECISIONS, PrecisionChoice
 from ..sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
 from ..sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
 from .config import SPARSEFLOW_KEY, PatchConfig
@@ -22,8 +22,8 @@ from .override import OVERRIDE_KEY, SparseFlowOverride, unwrap_previous
 from .prologue import fused_forward_patches
 from .types import RoutingType, ScheduleType, advanced, schema
 
-__all__ = ["BACKEND_CHOICES", "SUPPORTED", "SparseFlowPatch", "WanInfo", "apply_sparseflow", "check_backend",
-           "check_precision", "wan_info"]
+__all__ = ["AUTO", "BACKEND_CHOICES", "PRECISION_CHOICES", "SUPPORTED", "SparseFlowPatch", "WanInfo",
+           "apply_sparseflow", "check_backend", "check_precision", "resolve_precision", "wan_info"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -90,6 +90,30 @@ def check_backend(backend: str) -> None:
                          f"usable backends: {', '.join(['auto', *usable])}")
 
 
+AUTO = "auto"  # the Patch node's precision choice that picks per device (kernels/configs.py auto_precision)
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
+
+
+def resolve_precision(precision: str, device=None) -> PrecisionChoice:
+    """The concrete precision of a patch: `precision` itself, or for "auto" the one measured faster on the CUDA
+    device the model samples on (`device`, else the current one): int8-qk on the RTX 30/40 launch tier, fp16
+    elsewhere and without CUDA or Triton."""
+    import torch
+
+    if precision != AUTO:
+        return PrecisionChoice(precision, "chosen on the node")
+    if not torch.cuda.is_available():
+        return PrecisionChoice(FP16, "no CUDA device")
+    dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if dev.type != "cuda":
+        return PrecisionChoice(FP16, f"the model samples on {dev}")
+    try:
+        from ..kernels import configs
+    except ImportError as e:  # no Triton: the reference backend runs, at fp16
+        return PrecisionChoice(FP16, f"the Triton kernels do not import ({e})")
+    return configs.auto_precision(configs.device_limits(dev))
+
+
 def check_precision(precision: str) -> None:
     """Raise ValueError when `precision` is unknown, or int8-qk / fp8 on a CUDA device without int8 / e4m3 tensor
     cores."""
@@ -97,7 +121,7 @@ def check_precision(precision: str) -> None:
     from ..sparseflow.quantize import int8_device_reason
 
     if precision not in PRECISIONS:
-        raise ValueError(f"SparseFlow: precision must be one of {', '.join(PRECISIONS)}; got '{precision}'")
+        raise ValueError(f"SparseFlow: precision must be one of {', '.join(PRECISION_CHOICES)}; got '{precision}'")
     if precision == INT8_QK and (why := int8_device_reason()):
         raise ValueError(f"SparseFlow: {why}")
     if precision == FP8 and (why := fp8_device_reason()):
@@ -122,7 +146,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
                      sparsity: float = 0.5, window: int = -1, anchors: tuple[int, ...] = (0,),
                      linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
                      overrides: str | Mapping[str, str] = "{}", node_id: str | None = None,
-                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True, precision: str = FP16):
+                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True, precision: str = AUTO):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
     Installs, under the key "sparseflow": the frozen config in transformer_options, the attention override (chained
@@ -133,13 +157,19 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     each block's residual adds + LayerNorms fused (nodes/fused_block.py). Both follow the ComfyUI forward a behaviour
     check matches at the first model call (nodes/forwards/); where none matches, ComfyUI's own code runs and the log
     and the run summary say why. `precision` "int8-qk" runs Q·K of sparse, linear and mixed calls in int8, "fp8" also
-    their exact keys' P·V in e4m3 (spec §8).
+    their exact keys' P·V in e4m3 (spec §8); "auto" takes the one measured faster on the sampling device
+    (`resolve_precision`).
     """
     import comfy.patcher_extension as pe
 
     info = wan_info(model)
     check_backend(backend)
-    check_precision(precision)
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"SparseFlow: precision must be one of {', '.join(PRECISION_CHOICES)}; got '{precision}'")
+    choice = resolve_precision(precision, getattr(model, "load_device", None))
+    check_precision(choice.precision)
+    if precision == AUTO:
+        log.info("SparseFlow: precision auto -> %s (%s)", choice.precision, choice.reason)
     if linear_kind not in LINEAR_KINDS:
         raise ValueError(f"SparseFlow: linear_kind must be one of {', '.join(LINEAR_KINDS)}; got '{linear_kind}'")
     if block not in BLOCKS:
@@ -151,7 +181,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     sigma_max = float(getattr(model.get_model_object("model_sampling"), "sigma_max", 1.0))
     config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
                          tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id,
-                         bool(fuse_qk_norm_rope), bool(fuse_block_norms), precision)
+                         bool(fuse_qk_norm_rope), bool(fuse_block_norms), choice.precision, precision == AUTO)
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
@@ -195,12 +225,15 @@ def patch_text(model) -> str:
     windows = " ".join("D" if s.dense else str(cfg.window_at(s)) for s in steps)
     return (f"{cfg.model_type} {cfg.family} {cfg.layers}x{cfg.heads}; window per step (10 steps, D = dense): "
             f"{windows}; {summary(cfg.routing)}; backend {cfg.backend}"
-            + ("" if cfg.precision == FP16 else f"; Q·K {cfg.precision}"))
+            + ("" if cfg.precision == FP16 and not cfg.precision_auto else
+               f"; Q·K {cfg.precision}{' (auto)' if cfg.precision_auto else ''}"))
 
 
 _TIP_SPARSITY = ("Overall sparsity. 0.5 keeps the schedule as it is; higher shrinks every temporal window "
                  "(1.0 = window 0 and no dense steps), lower widens it (0.0 = +4 latent frames).")
-_TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'fp16': the model's fp16/bf16 throughout. 'int8-qk': "
+_TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'auto': int8-qk on RTX 30/40-class cards (faster "
+                  "there at the same measured quality), fp16 elsewhere. 'fp16': the model's fp16/bf16 throughout. "
+                  "'int8-qk': "
                   "q and k quantized to int8 per block of tokens (k first smoothed by its mean, SageAttention's "
                   "idea) and Q·K on int8 tensor cores; P·V stays fp16/bf16. Needs an RTX 30 / A100 or newer "
                   "(sm_80+). 'fp8': int8-qk's Q·K plus P·V in FP8 e4m3 (V scaled per channel, SageAttention 2's "
@@ -259,7 +292,7 @@ class SparseFlowPatch(io.ComfyNode):
                                          "kernels, and the FFN's GELU inside its first matmul (ComfyUI's "
                                          "roundings up to one, faster, less memory). Off: ComfyUI's own code.",
                                  **advanced(io.Boolean.Input)),
-                io.Combo.Input("precision", options=list(PRECISIONS), default=FP16, optional=True,  # old prompts
+                io.Combo.Input("precision", options=list(PRECISION_CHOICES), default=AUTO, optional=True,  # old prompts
                                tooltip=_TIP_PRECISION, **advanced(io.Combo.Input)),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone; the input model is unchanged).")],
@@ -270,7 +303,7 @@ class SparseFlowPatch(io.ComfyNode):
     def execute(cls, *, model: io.Model.Type, sparsity: float, window: int, anchor_frames: int, linear_kind: str,
                 backend: str, block_size: str, routing_overrides: str, schedule: Schedule | None = None,
                 routing: RoutingMap | None = None, fuse_qk_norm_rope: bool = True,
-                fuse_block_norms: bool = True, precision: str = FP16) -> io.NodeOutput:
+                fuse_block_norms: bool = True, precision: str = AUTO) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         patched = apply_sparseflow(model, schedule=schedule, routing=routing, sparsity=sparsity, window=window,
                                    anchors=tuple(range(anchor_frames)), linear_kind=linear_kind, backend=backend,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .geometry import Geometry
 
 __all__ = ["AttentionPlan", "BLOCKS", "DENSE", "FP16", "FP8", "INT8_QK", "LINEAR", "LINEAR_KINDS", "PRECISIONS",
-           "ROUTE_NAMES", "SPARSE", "uniform_plan"]
+           "ROUTE_NAMES", "SPARSE", "PrecisionChoice", "uniform_plan"]
 
 DENSE, SPARSE, LINEAR = 0, 1, 2
 ROUTE_NAMES = ("dense", "sparse", "linear")
@@ -23,6 +23,15 @@ FP16, INT8_QK, FP8 = "fp16", "int8-qk", "fp8"
 PRECISIONS = (FP16, INT8_QK, FP8)
 MAX_WINDOW = 4096
 MAX_TOPK = 4096
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A patch's Q·K precision (one of PRECISIONS) and why it is that one (the Patch node's "auto" picks per device:
+    kernels/configs.py `auto_precision`); said in the log and the node's text."""
+
+    precision: str
+    reason: str
 
 
 @dataclass(frozen=True)

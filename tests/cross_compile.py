@@ -130,7 +130,7 @@ def channel_stats_launch(with_v: bool) -> Launch:
     from comfyui_sparseflow.kernels import quant
 
     ptrs = {"K": "fp16", "KSUM": "fp32"}
-    consts = dict(SPAN=quant.STATS_SPAN, BLOCK_L=64, HEAD_DIM=128, WITH_V=with_v)
+    consts = dict(SPAN=quant.STATS_SPAN, BLOCK_L=32, HEAD_DIM=128, WITH_V=with_v)
     if with_v:
         ptrs.update(V="fp16", VMAX="fp32")
     else:

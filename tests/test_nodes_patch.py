@@ -264,7 +264,7 @@ def test_user_errors_name_the_input_and_what_is_allowed(pack, tiny_models):  # n
         pack.patch.apply_sparseflow(model, routing=routing_preset("heuristic", 30, 12))
     with pytest.raises(ValueError, match="route 'fast' is unknown"):
         pack.patch.apply_sparseflow(model, overrides='{"0.1": "fast"}')
-    with pytest.raises(ValueError, match=r"precision must be one of fp16, int8-qk, fp8; got 'int4'"):
+    with pytest.raises(ValueError, match=r"precision must be one of auto, fp16, int8-qk, fp8; got 'int4'"):
         pack.patch.apply_sparseflow(model, precision="int4")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"backend 'triton' cannot run here: triton: no CUDA device"):
@@ -385,3 +385,29 @@ def test_fp8_precision_is_refused_at_patch_time_below_compute_capability_8_9(pac
                                          r"RTX 3090 is sm_86 \(use precision 'int8-qk' or 'fp16'\)"):
         pack.patch.check_precision("fp8")
     pack.patch.check_precision("int8-qk")
+
+
+def test_precision_auto_is_the_default_and_resolves_per_device(pack, tiny_models, monkeypatch):  # noqa: F811
+    """The Patch node's default precision "auto": fp16 without CUDA (said in the node's text as auto), int8-qk on an
+    RTX 4090's limits (the consumer launch tier, measured faster there), fp16 on an H200's and below sm_80."""
+    from comfyui_sparseflow.kernels import configs
+
+    patched = pack.patch.apply_sparseflow(tiny_models[tw.WAN21_T2V], backend="reference")
+    cfg = patched.model_options["transformer_options"]["sparseflow"]
+    if not torch.cuda.is_available():
+        assert (cfg.precision, cfg.precision_auto) == ("fp16", True)
+        assert "Q·K fp16 (auto)" in pack.patch.patch_text(patched)
+        assert pack.patch.resolve_precision("auto").reason == "no CUDA device"
+    assert pack.patch.resolve_precision("int8-qk").precision == "int8-qk"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for limits, want in ((configs.DeviceLimits((8, 9), 101376, "NVIDIA GeForce RTX 4090"), "int8-qk"),
+                         (configs.DeviceLimits((8, 6), 101376, "NVIDIA GeForce RTX 3090"), "int8-qk"),
+                         (configs.DeviceLimits((9, 0), 232448, "NVIDIA H200"), "fp16"),
+                         (configs.DeviceLimits((7, 5), 65536, "Tesla T4"), "fp16")):
+        monkeypatch.setattr(configs, "device_limits", lambda dev, limits=limits: limits)
+        choice = pack.patch.resolve_precision("auto", "cuda:0")
+        assert choice.precision == want, (limits, choice)
+        assert limits.name in choice.reason
+    monkeypatch.setenv(configs.TIER_ENV, "consumer")  # consumer configs forced on a T4: no int8 MMA there
+    choice = pack.patch.resolve_precision("auto", "cuda:0")
+    assert choice.precision == "fp16" and "sm_80" in choice.reason
