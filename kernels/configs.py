@@ -111,12 +111,12 @@ TIERS = (
     # (1.995 ms, 1.3B window 0; 128/64/8/2 2.381).
     # Candidates that fit and were slower there (bench/results/bench_h200_sweep_67a3401.md): 128/32/8/3..5,
     # 64/64/4/3, 64/32/4/4
-    # precision auto: int8-qk. On the H200 with these configs forced, Wan 1.3B whole op int8-qk 1.468 ms (8.05x
-    # SDPA) vs fp16 1.501 at window 0, 8 % / 11 % faster at windows 1 / 2
-    # (bench/results/bench_h200_precisions_b7a6116.md; int8 K tiles take half the bytes through the pointer path);
-    # on the cards themselves more: GeForce Ada/Ampere run
-    # fp16 MMA with fp32 accumulation at a quarter of int8's rate (RTX 4090: 165 TFLOPS vs 660 TOPS, NVIDIA's Ada
-    # whitepaper). Quality: docs/fidelity.md (within 0.01 dB of fp16 on the trained model)
+    # precision auto: int8-qk. On the H200 with these configs forced, whole op: Wan 1.3B windows 0 / 1 / 2 8.24x /
+    # 4.76x / 3.38x SDPA vs fp16 7.79x / 4.19x / 2.97x, 14B window 0 10.10x vs 8.52x
+    # (bench/results/bench_h200_tiers_prec_bc1cdeb.md; int8 K tiles take half the bytes through the pointer path);
+    # on the cards themselves more: GeForce Ada/Ampere run fp16 MMA with fp32 accumulation at a quarter of int8's
+    # rate (RTX 4090: 165 TFLOPS vs 660 TOPS, NVIDIA's Ada whitepaper). Quality: docs/fidelity.md (within 0.01 dB of
+    # fp16 on the trained model)
     Tier("consumer", 101376, (), False,
          (C(128, 64, 8, 3, with_fp8_mixed=False), C(128, 64, 8, 2), C(128, 128, 8, 2, with_lut=False, with_int8=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2), C(64, 32, 4, 2)), auto="int8-qk"),

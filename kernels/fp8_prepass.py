@@ -5,7 +5,7 @@ with v (WITH_V): one program per (spec block, batch x head) reads that block of 
 int8 k - mean, e4m3 v / scale and the two fp32 block scales. v / scale is divided as q and k are (Markstein's
 correction) and cast by the hardware's round-to-nearest-even on the GPU, rounded first by `kernels/fp8.py`'s
 `_round_e4m3` under the CPU interpreter, so the values equal torch's on both. The per-channel V scale needs v's
-amax over the whole sequence first: `kernels/quant.py` `channel_stats` makes it in the pass that makes k's mean.
+amax over the whole sequence first: one torch reduction (k's mean is `kernels/quant.py` `k_mean`'s pass).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..sparseflow.fp8 import E4M3_MAX, QuantizedV, fp8_device_reason
+from ..sparseflow.fp8 import QuantizedV, fp8_device_reason, v_scale
 from ..sparseflow.inputs import KernelLaunchError
-from ..sparseflow.quantize import QuantizedQK, scale_from_amax
+from ..sparseflow.quantize import QuantizedQK
 from . import configs
-from .quant import _quantize_kernel, channel_stats, smoothed_means
+from .quant import _quantize_kernel, k_mean, smoothed_means
 
 __all__ = ["Fp8Call", "quantize_call", "quantize_qkv"]
 
@@ -35,9 +35,8 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
     (an [L, D] tile would be transposed on chip every tile)."""
     bsz, nh, length, d = q.shape
     n = triton.cdiv(length, block)
-    stats = channel_stats(k, v)  # k's mean and v's amax in one pass
-    mean = stats.k_mean
-    vs = scale_from_amax(stats.v_amax, E4M3_MAX)
+    mean = k_mean(k)
+    vs = v_scale(v).contiguous()
     q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
     k8 = torch.empty_like(q8)
     lp = triton.cdiv(length, V_ROW_ALIGN) * V_ROW_ALIGN

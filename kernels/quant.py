@@ -2,9 +2,8 @@
 
 docs/spec.md §8; the math is `sparseflow/quantize.py` (k smoothed by its channel mean, SageAttention's idea,
 arXiv:2410.02367; our own code). A separate small kernel rather than a part of the block-means pass: k's scales
-need the mean over the whole sequence first, so k is read twice either way (the channel-statistics pass,
-`channel_stats`, then this one), and the block means are only made for calls with compensation or pooled linear
-heads. One program per (spec block,
+need the mean over the whole sequence first, so k is read twice either way (`k_mean`'s pass, then this one), and
+the block means are only made for calls with compensation or pooled linear heads. One program per (spec block,
 batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales (the fp8
 pre-pass, kernels/fp8_prepass.py, runs the same kernel with v: e4m3 v / its channel scale too).
 
@@ -16,8 +15,6 @@ interpreter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
@@ -27,7 +24,7 @@ from . import configs
 from .fp8 import _to_e4m3
 from .tiles import _op
 
-__all__ = ["STATS_SPAN", "ChannelStats", "_logits", "_pooled_operand", "channel_stats", "quantize_qk", "smoothed_means"]
+__all__ = ["STATS_SPAN", "_logits", "_pooled_operand", "k_mean", "quantize_qk", "smoothed_means"]
 
 _RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
 
@@ -104,62 +101,41 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
         tl.store(V8 + dst_v, v8, mask=(offs < LP)[:, None])
 
 
-STATS_SPAN = 512  # tokens per program of the channel-statistics pass (a multiple of its 32-token tile)
-
-
-@dataclass(frozen=True)
-class ChannelStats:
-    """What the quantize pre-pass needs over the whole sequence, per (batch, head, channel): k's mean (the
-    smoothing offset) and, for precision fp8, v's amax (its e4m3 scale's numerator)."""
-
-    k_mean: torch.Tensor  # (B, H, D) fp32
-    v_amax: torch.Tensor | None  # (B, H, D) fp32, or None without v
+STATS_SPAN = 512  # tokens per program of the k-mean pass (a multiple of its 32-token tile)
 
 
 @triton.jit
-def _channel_stats_kernel(K, V, KSUM, VMAX, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L,
-                          HEADS, SPLITS, SPAN: tl.constexpr, BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr,
-                          WITH_V: tl.constexpr):
-    """KSUM[bh, s] = fp32 channel sums of k over tokens [s * SPAN, (s + 1) * SPAN) of one (batch, head); WITH_V:
-    VMAX[bh, s] = v's channel amax there too (fp32, exact). One pass reads k and v once."""
+def _k_sum_kernel(K, KSUM, stride_kb, stride_kh, stride_kl, L, HEADS, SPLITS, SPAN: tl.constexpr,
+                  BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """KSUM[bh, s] = fp32 channel sums of k over tokens [s * SPAN, (s + 1) * SPAN) of one (batch, head)."""
     s = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // HEADS
     h = bh % HEADS
     offs_d = tl.arange(0, HEAD_DIM)
-    # elementwise accumulators, reduced over tokens once at the end (a reduction per tile would cost a barrier each)
-    ksum = tl.zeros([BLOCK_L, HEAD_DIM], dtype=tl.float32)
-    vmax = tl.zeros([BLOCK_L, HEAD_DIM], dtype=tl.float32)
+    # an elementwise accumulator, reduced over tokens once at the end (a reduction per tile costs a barrier each)
+    acc = tl.zeros([BLOCK_L, HEAD_DIM], dtype=tl.float32)
     for t in range(0, SPAN, BLOCK_L):
         offs = s * SPAN + t + tl.arange(0, BLOCK_L)
-        mask = (offs < L)[:, None]
-        k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask,
-                    other=0.0)
-        ksum += k.to(tl.float32)
-        if WITH_V:
-            v = tl.load(V + b * stride_vb + h * stride_vh + offs[:, None] * stride_vl + offs_d[None, :], mask=mask,
-                        other=0.0)
-            vmax = tl.maximum(vmax, tl.abs(v.to(tl.float32)))
-    dst = (bh * SPLITS + s) * HEAD_DIM + offs_d
-    tl.store(KSUM + dst, tl.sum(ksum, 0))
-    if WITH_V:
-        tl.store(VMAX + dst, tl.max(vmax, 0))
+        k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :],
+                    mask=(offs < L)[:, None], other=0.0)
+        acc += k.to(tl.float32)
+    tl.store(KSUM + (bh * SPLITS + s) * HEAD_DIM + offs_d, tl.sum(acc, 0))
 
 
-def channel_stats(k: torch.Tensor, v: torch.Tensor | None = None) -> ChannelStats:
-    """k's channel mean over the sequence (and v's channel amax) of (B, H, L, D) views with unit last stride, in one
-    pass over k and v: per span of STATS_SPAN tokens a Triton program's fp32 sums (amax), then torch adds the spans
-    (deterministic: no atomics). The mean's rounding differs from `torch.mean`'s by the order of the additions (any
-    offset smooths k exactly: q.(k - m) moves each query row's logits by one constant); v's amax is exact."""
+def k_mean(k: torch.Tensor) -> torch.Tensor:
+    """(B, H, D) fp32 channel mean of k (B, H, L, D, unit last stride) over the sequence: the smoothing offset of the
+    quantize pre-pass. Per span of STATS_SPAN tokens a Triton program's fp32 sums, then torch adds the spans
+    (deterministic: no atomics). Its rounding differs from `torch.mean`'s by the order of the additions (any offset
+    smooths k exactly: q.(k - m) moves each query row's logits by one constant); on the H200, Wan 1.3B, 0.036 ms
+    against torch.mean's 0.053 (bench/results/profile_prepass_bc1cdeb.jsonl; v's amax stays torch's aminmax, which a
+    pass reading k and v together did not beat)."""
     bsz, nh, length, d = k.shape
     splits = triton.cdiv(length, STATS_SPAN)
     ksum = torch.empty(bsz, nh, splits, d, dtype=torch.float32, device=k.device)
-    vmax = torch.empty_like(ksum) if v is not None else None
-    vs = v.stride() if v is not None else (0, 0, 0, 0)
-    _channel_stats_kernel[(splits, bsz * nh)](k, v, ksum, vmax, k.stride(0), k.stride(1), k.stride(2), vs[0], vs[1],
-                                              vs[2], length, nh, splits, SPAN=STATS_SPAN, BLOCK_L=32, HEAD_DIM=d,
-                                              WITH_V=v is not None, num_warps=4)
-    return ChannelStats(ksum.sum(dim=2) / length, vmax.amax(dim=2) if vmax is not None else None)
+    _k_sum_kernel[(splits, bsz * nh)](k, ksum, k.stride(0), k.stride(1), k.stride(2), length, nh, splits,
+                                      SPAN=STATS_SPAN, BLOCK_L=32, HEAD_DIM=d, num_warps=4)
+    return ksum.sum(dim=2) / length
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
@@ -167,7 +143,7 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
     smoothed k (contiguous (B, H, L, D)) and their (B, H, N) scales, per spec block of `block` tokens."""
     bsz, nh, length, d = q.shape
     n = triton.cdiv(length, block)
-    mean = channel_stats(k).k_mean
+    mean = k_mean(k)
     q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
     k8 = torch.empty_like(q8)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)

@@ -33,8 +33,8 @@ QMAX = 127.0
 
 
 def k_channel_mean(k: torch.Tensor) -> torch.Tensor:
-    """(B, H, D) fp32 mean of k (B, H, L, D) over the sequence: the smoothing offset (accumulated in fp32 without
-    an fp32 copy of k; the reference and the kernel's launcher both call this on the input tensors)."""
+    """(B, H, D) fp32 mean of k (B, H, L, D) over the sequence: the reference's smoothing offset (accumulated in fp32
+    without an fp32 copy of k; the kernels' pre-pass has its own pass, kernels/quant.py `k_mean`)."""
     return k.mean(dim=2, dtype=torch.float32)
 
 
@@ -83,7 +83,7 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int, precision: str = I
                 k_mean: torch.Tensor | None = None) -> QuantizedQK:
     """The `int8-qk` quantization of (B, H, L, D) q and k, per spec block of `block` tokens (`fp8`'s Q·K too).
     `k_mean` (B, H, D) fp32: the smoothing offset to use (default `k_channel_mean(k)`; the kernels' pre-pass sums
-    in another order, kernels/quant.py `channel_stats`)."""
+    in another order, kernels/quant.py `k_mean`)."""
     if precision not in (INT8_QK, FP8):
         raise ValueError(f"quantize: precision must be {INT8_QK!r} or {FP8!r}, got {precision!r}")
     mean = k_channel_mean(k) if k_mean is None else k_mean

@@ -125,18 +125,12 @@ def quantize_launch(block: int) -> Launch:
                   consts, 8 if block == 128 else 4, 3)
 
 
-def channel_stats_launch(with_v: bool) -> Launch:
-    """The channel-statistics pass before the quantize pre-pass (kernels/quant.py `channel_stats`), head_dim 128."""
+def k_mean_launch() -> Launch:
+    """The k-mean pass before the quantize pre-pass (kernels/quant.py `k_mean`), head_dim 128."""
     from comfyui_sparseflow.kernels import quant
 
-    ptrs = {"K": "fp16", "KSUM": "fp32"}
-    consts = dict(SPAN=quant.STATS_SPAN, BLOCK_L=32, HEAD_DIM=128, WITH_V=with_v)
-    if with_v:
-        ptrs.update(V="fp16", VMAX="fp32")
-    else:
-        consts.update(V=None, VMAX=None)
-    return Launch(quant._channel_stats_kernel, ptrs, (), ("L", "HEADS", "SPLITS", "stride_vb", "stride_vh",
-                                                          "stride_vl"), consts, 4, 3)
+    return Launch(quant._k_sum_kernel, {"K": "fp16", "KSUM": "fp32"}, (), ("L", "HEADS", "SPLITS"),
+                  dict(SPAN=quant.STATS_SPAN, BLOCK_L=32, HEAD_DIM=128), 4, 3)
 
 
 def quantize_fp8_launch(block: int) -> Launch:
@@ -175,7 +169,7 @@ def add_norm_launch(channels: int, has_y: bool, has_gate: bool, norm: bool, affi
 
 BUILDERS = {"fused": fused_launch, "pooled_mean": pooled_mean_launch, "comp_bias": comp_bias_launch,
             "quantize": quantize_launch, "quantize_fp8": quantize_fp8_launch,
-            "channel_stats": channel_stats_launch, "norm_rope": norm_rope_launch,
+            "k_mean": k_mean_launch, "norm_rope": norm_rope_launch,
             "add_norm": add_norm_launch}
 
 

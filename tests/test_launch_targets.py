@@ -57,8 +57,7 @@ def _jobs() -> list[tuple[str, tuple, tuple]]:
             jobs.append((f"pooled_mean span {span}", ("pooled_mean", (span,), cc), cc))
             jobs.append((f"comp_bias block {span}", ("comp_bias", (span,), cc), cc))
             jobs.append((f"quantize block {span}", ("quantize", (span,), cc), cc))
-        for with_v in (False, True):
-            jobs.append((f"channel_stats with_v={with_v}", ("channel_stats", (with_v,), cc), cc))
+        jobs.append(("k_mean", ("k_mean", (), cc), cc))
         for dim in MODEL_DIMS:
             jobs.append((f"norm_rope C={dim}", ("norm_rope", (dim,), cc), cc))
             for flags in ADD_NORM_CALLS:
