@@ -124,6 +124,32 @@ KERNEL = {
                                       "for q and k, 16-byte e4m3 stores), on its tree but for the software e4m3 "
                                       "rounding's sign of zero (fixed after the run)",
                                       "python3 bench/profile_prepass.py", "NVIDIA H200"),
+    "profile_prepass_bfdcefa.jsonl": ("issue 21: device time per kernel of one 1.3B whole-op call at bfdcefa (the "
+                                      "base of the next two), in the same call as profile_prepass_b7a6116.jsonl (its "
+                                      "rows' commit field, set from the call's environment, corrected to the tree's)",
+                                      "cd <tree of bfdcefa> && python3 bench/profile_prepass.py", "NVIDIA H200"),
+    "profile_prepass_b7a6116.jsonl": ("issue 21: the same at b7a6116 (e4m3 v by Markstein's division and the hardware "
+                                      "cast; a k-mean + v-amax pass that measured slower than torch's)",
+                                      "python3 bench/profile_prepass.py", "NVIDIA H200"),
+    "profile_prepass_bc1cdeb.jsonl": ("issue 21: the same at bc1cdeb (its k-mean pass: the int8-qk rows are 7d32421's "
+                                      "k_mean; fp8 rows took v's amax in that pass too, which 7d32421 left to torch)",
+                                      "python3 bench/profile_prepass.py --calls 10", "NVIDIA H200"),
+    "bench_h200_precisions_b7a6116.json": ("issues 16, 21: 1.3B, fp16 / int8-qk / fp8 with the hopper and consumer "
+                                           "tiers (whole op and kernel)",
+                                           "python3 bench/bench_attention.py --shapes wan13b_480p --providers "
+                                           "sdpa_default --precision fp16,int8-qk,fp8 --tiers hopper,consumer", None),
+    "bench_h200_precisions_b7a6116.md": ("the table of bench_h200_precisions_b7a6116.json", "(written by the same run)",
+                                         "NVIDIA H200"),
+    "bench_h200_tiers_prec_bc1cdeb.json": ("issue 16: 1.3B and 14B, fp16 / int8-qk with the a100, rtx50 and consumer "
+                                           "tiers forced (the measurement behind precision auto)",
+                                           "python3 bench/bench_attention.py --shapes wan13b_480p,wan14b_720p "
+                                           "--providers sdpa_default --precision fp16,int8-qk --tiers "
+                                           "a100,rtx50,consumer", None),
+    "bench_h200_tiers_prec_bc1cdeb.md": ("the table of bench_h200_tiers_prec_bc1cdeb.json", "(written by the same run)",
+                                         "NVIDIA H200"),
+    "gpu_tests_h200_bc1cdeb.log": ("GPU tests of this stop's trees (bfdcefa + variants, b7a6116, bc1cdeb): int8 / fp8 "
+                                   "kernels and pre-pass bit for bit, consumer-forced kernel tests, LSE, pre-pass, op",
+                                   "python3 -m pytest (files named in the log's header)", "NVIDIA H200"),
     "gpu_tests_h200_f6ed1ac.log": ("GPU tests of the trees leading to f6ed1ac, two calls (the header says which "
                                    "tree each ran): rtx50 tier forced, own tier, int8-qk / fp8 kernels and pre-pass "
                                    "bit for bit at the Wan 1.3B shape, the consumer tier's quantized cases, and the "
@@ -262,7 +288,7 @@ def _kernel_row(path: Path) -> tuple[str, str, str, str, str]:
     env = json.loads(path.read_text()).get("env", {}) if path.suffix == ".json" else {}
     name = path.stem
     commit = env.get("commit") or next((p for p in name.split("_") if len(p) == 7 and p.isalnum()
-                                        and any(c.isdigit() for c in p)), "?")
+                                        and (any(c.isdigit() for c in p) or set(p) <= set("abcdef"))), "?")
     return what, env.get("gpu") or gpu, commit, env.get("timestamp", "")[:16], cmd
 
 
