@@ -96,8 +96,8 @@ PRECISION_CHOICES = (AUTO, *PRECISIONS)
 
 def resolve_precision(precision: str, device=None) -> PrecisionChoice:
     """The concrete precision of a patch: `precision` itself, or for "auto" the one measured faster on the CUDA
-    device the model samples on (`device`, else the current one): int8-qk on the RTX 30/40 launch tier, fp16
-    elsewhere and without CUDA or Triton."""
+    device the model samples on (`device`, else the current one): int8-qk on the a100, rtx50 and consumer launch
+    tiers, fp16 elsewhere, below sm_80 and without CUDA or Triton."""
     import torch
 
     if precision != AUTO:
@@ -231,8 +231,9 @@ def patch_text(model) -> str:
 
 _TIP_SPARSITY = ("Overall sparsity. 0.5 keeps the schedule as it is; higher shrinks every temporal window "
                  "(1.0 = window 0 and no dense steps), lower widens it (0.0 = +4 latent frames).")
-_TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'auto': int8-qk on RTX 30/40-class cards (faster "
-                  "there at the same measured quality), fp16 elsewhere. 'fp16': the model's fp16/bf16 throughout. "
+_TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'auto': int8-qk on RTX 30 / 40 / 50 and A100-class "
+                  "cards (faster there at the same measured quality), fp16 on H100 / H200 / B200 and where int8 "
+                  "cannot run; the node's text says which. 'fp16': the model's fp16/bf16 throughout. "
                   "'int8-qk': "
                   "q and k quantized to int8 per block of tokens (k first smoothed by its mean, SageAttention's "
                   "idea) and Q·K on int8 tensor cores; P·V stays fp16/bf16. Needs an RTX 30 / A100 or newer "
