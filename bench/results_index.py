@@ -147,7 +147,8 @@ KERNEL = {
                                            "a100,rtx50,consumer", None),
     "bench_h200_tiers_prec_bc1cdeb.md": ("the table of bench_h200_tiers_prec_bc1cdeb.json", "(written by the same run)",
                                          "NVIDIA H200"),
-    "gpu_tests_h200_bc1cdeb.log": ("GPU tests of this stop's trees (bfdcefa + variants, b7a6116, bc1cdeb): int8 / fp8 "
+    "gpu_tests_h200_bc1cdeb.log": ("GPU tests of this stop's trees (bfdcefa + variants, b7a6116, bc1cdeb, 7d32421): "
+                                   "int8 / fp8 "
                                    "kernels and pre-pass bit for bit, consumer-forced kernel tests, LSE, pre-pass, op",
                                    "python3 -m pytest (files named in the log's header)", "NVIDIA H200"),
     "gpu_tests_h200_f6ed1ac.log": ("GPU tests of the trees leading to f6ed1ac, two calls (the header says which "
@@ -244,6 +245,8 @@ E2E_NOTES = {
                      "forced as @consumer)",
     "_newest_f6ed1ac": "issues 16, 17, 21: the newest-shape tree at f6ed1ac's kernels (1.3B, 4 steps after 2; the "
                        "JSON's commit names the tree: f6ed1ac but the e4m3 rounding's sign of zero)",
+    "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
+                     "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
                      "forced (@rtx50), int8-qk and fp8 with f6ed1ac's pre-pass",
     "_0364_3fb78be": "issues 16, 19, 21: ComfyUI 0.3.64 in the same call as `_newest_3fb78be`: Compare, int8-qk, the "
