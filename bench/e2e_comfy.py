@@ -11,7 +11,7 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sol_attn         core "Model Sparse Attention", method sol-attn, node defaults (stand-in: bench/e2e/overrides.py)
   sparseflow       nodes/patch.py apply_sparseflow: default schedule and routing presets, backend triton
                    (with the fused QK-norm + RoPE prologue and block adds + norms, the patch's defaults; precision
-                   "auto": int8-qk with the consumer tier's configs, fp16 otherwise)
+                   "auto": int8-qk with the a100, rtx50 and consumer tiers' configs, fp16 otherwise)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
   sparseflow_int8qk  the same with precision int8-qk (int8 Q·K); sparseflow_fp8: precision fp8 (also e4m3 P·V);

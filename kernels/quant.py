@@ -27,16 +27,18 @@ from .tiles import _op
 __all__ = ["STATS_SPAN", "_logits", "_pooled_operand", "k_mean", "quantize_qk", "smoothed_means"]
 
 _RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
+_MARKSTEIN_MIN = tl.constexpr(5.421010862427522e-20)  # 2^-64: the smallest divisor `_div_rn` is exact for here
+_LIFT = tl.constexpr(1.2676506002282294e30)  # 2^100: lifts a smaller divisor (and its dividends) above it, exactly
 
 
 @triton.jit
 def _div_rn(x, s, r):
     """x / s correctly rounded (fp32) on the GPU, given r = 1 / s correctly rounded (one division per tile, not one
     per element): Markstein's correction, q = x r, e = fma(-q, s, x) (exact), q + e r, the correctly rounded quotient
-    when nothing under- or overflows (callers divide with `div_rn` for scales under 2^-64, which bf16 inputs can
-    have); three instructions per element instead of `div.rn`'s reciprocal, refinement and range check
-    (tests/test_quantize_division.py checks the arithmetic exactly). Not under the CPU interpreter, whose fma rounds
-    twice."""
+    when nothing under- or overflows (callers keep divisors at or above _MARKSTEIN_MIN = 2^-64, which bf16 inputs
+    can go under: `div_rn` below it for q and k, a power-of-two lift for v); three instructions per element instead
+    of `div.rn`'s reciprocal, refinement and range check (tests/test_quantize_division.py checks the arithmetic
+    exactly). Not under the CPU interpreter, whose fma rounds twice."""
     q = x * r
     return tl.fma(tl.fma(-q, s, x), r, q)
 
@@ -47,7 +49,7 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr):
     x = tl.where(mask, x, 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
     scale = tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
-    if EXACT or scale < 5.421010862427522e-20:  # 2^-64: see _div_rn
+    if EXACT or scale < _MARKSTEIN_MIN:
         r = tl.math.div_rn(x, x * 0 + scale)
     else:
         r = _div_rn(x, scale, tl.math.div_rn(scale * 0 + 1.0, scale))
@@ -93,7 +95,7 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
             # under 2^-64 (see _div_rn) has its values and its scale multiplied by 2^100 first: exact (a power of
             # two; |v| <= 448 * scale), and the quotient stays the same. No runtime `if`: two e4m3 casts chosen by
             # one compiled to wrong values (triton 3.6, H200)
-            lift = tl.where(vs < 5.421010862427522e-20, 1.2676506002282294e30, 1.0)
+            lift = tl.where(vs < _MARKSTEIN_MIN, _LIFT, 1.0)
             s = vs * lift
             v8 = _div_rn(vf * lift[None, :], s[None, :], tl.math.div_rn(s * 0 + 1.0, s)[None, :]).to(tl.float8e4nv)
         # masked by LP (a multiple of 16, the row length of V8's storage) rather than L, so the store goes 16 bytes

@@ -164,10 +164,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
 
     info = wan_info(model)
     check_backend(backend)
-    if precision not in PRECISION_CHOICES:
-        raise ValueError(f"SparseFlow: precision must be one of {', '.join(PRECISION_CHOICES)}; got '{precision}'")
     choice = resolve_precision(precision, getattr(model, "load_device", None))
-    check_precision(choice.precision)
+    check_precision(choice.precision)  # an unknown value passes resolve_precision as it is and is refused here
     if precision == AUTO:
         log.info("SparseFlow: precision auto -> %s (%s)", choice.precision, choice.reason)
     if linear_kind not in LINEAR_KINDS:

@@ -198,9 +198,9 @@ def test_full_wan13b_shape_fp8_matches_the_fp8_reference(dtype):
 @pytest.mark.parametrize("magnitude", [1.0, 1e-18, 1e-24], ids=["unit", "scales_near_2^-64", "scales_under_2^-64"])
 def test_fp8_prepass_equals_the_reference_bit_for_bit_at_the_wan13b_shape(magnitude):
     """The pre-pass's divisions give torch's correctly rounded quotients on 50 M elements per tensor: q and k through
-    one reciprocal per block and Markstein's correction per element (kernels/quant.py `_div_rn`), v through
-    `div_rn`; with bf16 inputs scaled down so that block scales fall near and under 2^-64 (where q and k divide with
-    `div_rn` too)."""
+    one reciprocal per block and Markstein's correction per element (kernels/quant.py `_div_rn`), v the same per
+    channel and the hardware e4m3 cast; with bf16 inputs scaled down so that scales fall near and under 2^-64 (where
+    q and k divide with `div_rn` and v's channels are lifted by 2^100 first)."""
     q, k, v = (x * magnitude for x in _qkv(1, 12, WAN13B.length, 128, torch.bfloat16, seed=3, layout="blhd"))
     qb, kb, vb = to_bhld(q, 12), to_bhld(k, 12), to_bhld(v, 12)
     got_qk, got_v = quantize_qkv(qb, kb, vb, 128)
