@@ -49,10 +49,14 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr):
     x = tl.where(mask, x, 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
     scale = tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
-    if EXACT or scale < _MARKSTEIN_MIN:
+    if EXACT:
         r = tl.math.div_rn(x, x * 0 + scale)
     else:
-        r = _div_rn(x, scale, tl.math.div_rn(scale * 0 + 1.0, scale))
+        # a scale under 2^-64 (see _div_rn) and the tile lifted by 2^100 first: exact (a power of two), the same
+        # quotient, and no runtime branch (whose two division paths held twice the registers)
+        lift = tl.where(scale < _MARKSTEIN_MIN, _LIFT, 1.0)
+        s = scale * lift
+        r = _div_rn(x * lift, s, tl.math.div_rn(s * 0 + 1.0, s))
     r = (r + _RNE) - _RNE
     r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
     return r.to(tl.int8), scale
@@ -64,25 +68,34 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
                      BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr, EXACT: tl.constexpr):
     """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head); WITH_V (the fp8
     pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) stored (B, H, D, LP), tokens contiguous (the K-major
-    operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused."""
+    operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused.
+
+    Program axis 2 is the tensor: 0 q, 1 k, 2 v. One tensor's block per program keeps a program's registers under
+    half the register file (two programs per SM, so one's loads overlap another's arithmetic), where a program
+    holding q's and k's blocks together ran one per SM."""
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    part = tl.program_id(2)
     b = bh // HEADS
     h = bh % HEADS
     offs = j * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     mask = (offs < L)[:, None]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs[:, None] * stride_ql + offs_d[None, :], mask=mask, other=0.0)
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask, other=0.0)
-    mean = tl.load(KMEAN + bh * HEAD_DIM + offs_d)
-    q8, qs = _quantize_tile(q.to(tl.float32), mask, 127.0, EXACT)
-    k8, ks = _quantize_tile(k.to(tl.float32) - mean[None, :], mask, 127.0, EXACT)
     dst = (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :]
-    tl.store(Q8 + dst, q8, mask=mask)
-    tl.store(K8 + dst, k8, mask=mask)
-    tl.store(QS + bh * N + j, qs)
-    tl.store(KS + bh * N + j, ks)
-    if WITH_V:
+    if part == 0:
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs[:, None] * stride_ql + offs_d[None, :], mask=mask,
+                    other=0.0)
+        q8, qs = _quantize_tile(q.to(tl.float32), mask, 127.0, EXACT)
+        tl.store(Q8 + dst, q8, mask=mask)
+        tl.store(QS + bh * N + j, qs)
+    elif part == 1:
+        k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask,
+                    other=0.0)
+        mean = tl.load(KMEAN + bh * HEAD_DIM + offs_d)
+        k8, ks = _quantize_tile(k.to(tl.float32) - mean[None, :], mask, 127.0, EXACT)
+        tl.store(K8 + dst, k8, mask=mask)
+        tl.store(KS + bh * N + j, ks)
+    elif WITH_V:
         v = tl.load(V + b * stride_vb + h * stride_vh + offs[:, None] * stride_vl + offs_d[None, :], mask=mask,
                     other=0.0)
         vf = v.to(tl.float32)
@@ -150,7 +163,7 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
     k8 = torch.empty_like(q8)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
-    _quantize_kernel[(n, bsz * nh)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
+    _quantize_kernel[(n, bsz * nh, 2)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
                                     q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh, 0,
                                     BLOCK=block, HEAD_DIM=d, WITH_V=False, EXACT=configs.INTERPRET,
                                     num_warps=8 if block == 128 else 4)
