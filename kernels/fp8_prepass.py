@@ -43,7 +43,7 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) 
     v8t = torch.empty(bsz, nh, d, lp, dtype=torch.float8_e4m3fn, device=q.device)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
-    _quantize_kernel[(n, bsz * nh, 1)](q, k, v, mean, vs, q8, k8, v8t, qs, ks, q.stride(0), q.stride(1), q.stride(2),
+    _quantize_kernel[(n, bsz * nh)](q, k, v, mean, vs, q8, k8, v8t, qs, ks, q.stride(0), q.stride(1), q.stride(2),
                                     k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
                                     length, n, nh, lp, BLOCK=block, HEAD_DIM=d, WITH_V=True, EXACT=configs.INTERPRET,
                                     num_warps=8 if block == 128 else 4)

@@ -4,8 +4,9 @@ docs/spec.md §8; the math is `sparseflow/quantize.py` (k smoothed by its channe
 arXiv:2410.02367; our own code). A separate small kernel rather than a part of the block-means pass: k's scales
 need the mean over the whole sequence first, so k is read twice either way (`k_mean`'s pass, then this one), and
 the block means are only made for calls with compensation or pooled linear heads. One program per (spec block,
-batch x head) reads that block of q and k once and writes int8 q, int8 k - mean and the two fp32 scales (the fp8
-pre-pass, kernels/fp8_prepass.py, runs the same kernel with v: e4m3 v / its channel scale too).
+batch x head, tensor) reads that block of q or of k once and writes int8 q or int8 k - mean and its fp32 scale (the
+fp8 pre-pass, kernels/fp8_prepass.py, runs the same kernel with v: one program per (spec block, batch x head) for
+q, k and e4m3 v / its channel scale, as measured fastest there).
 
 Rounding as torch does it: scale = amax / 127 and x / scale correctly rounded (on the GPU one `div_rn` for 1 / scale
 per block and Markstein's correction per element, `_div_rn`; Triton's `/` is approximate there), round half to
@@ -44,16 +45,23 @@ def _div_rn(x, s, r):
 
 
 @triton.jit
-def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr):
-    """(int8 tile, fp32 scale) of an fp32 tile: symmetric, one scale; masked elements do not count."""
+def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr, BRANCH: tl.constexpr):
+    """(int8 tile, fp32 scale) of an fp32 tile: symmetric, one scale; masked elements do not count.
+
+    A scale under 2^-64 (see _div_rn) takes `div_rn` in a runtime branch (BRANCH), or lifts the scale and the tile
+    by 2^100 first (exact: a power of two, the same quotient), which holds half the registers: the int8 pass's
+    choice. The fp8 pass keeps the branch, with which it measured faster (kernels/fp8_prepass.py)."""
     x = tl.where(mask, x, 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
     scale = tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
     if EXACT:
         r = tl.math.div_rn(x, x * 0 + scale)
+    elif BRANCH:
+        if scale < _MARKSTEIN_MIN:
+            r = tl.math.div_rn(x, x * 0 + scale)
+        else:
+            r = _div_rn(x, scale, tl.math.div_rn(scale * 0 + 1.0, scale))
     else:
-        # a scale under 2^-64 (see _div_rn) and the tile lifted by 2^100 first: exact (a power of two), the same
-        # quotient, and no runtime branch (whose two division paths held twice the registers)
         lift = tl.where(scale < _MARKSTEIN_MIN, _LIFT, 1.0)
         s = scale * lift
         r = _div_rn(x * lift, s, tl.math.div_rn(s * 0 + 1.0, s))
@@ -70,7 +78,7 @@ def _quantize_block(X, XMEAN, X8, XS, b, h, bh, j, offs, offs_d, mask, stride_b,
     x = x.to(tl.float32)
     if SMOOTH:
         x = x - tl.load(XMEAN + bh * HEAD_DIM + offs_d)[None, :]
-    x8, xs = _quantize_tile(x, mask, 127.0, EXACT)
+    x8, xs = _quantize_tile(x, mask, 127.0, EXACT, False)
     tl.store(X8 + (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=mask)
     tl.store(XS + bh * N + j, xs)
 
@@ -83,25 +91,33 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
     pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) stored (B, H, D, LP), tokens contiguous (the K-major
     operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused.
 
-    Without v, program axis 2 picks the tensor (0: q, 1: k): one block per program keeps a program's registers
-    under half the register file (101 on sm_90), so two programs share an SM and one's loads overlap another's
-    arithmetic; one program holding q and k ran alone on its SM (218). With v one program does all three, which
-    measured faster on the H200 than one program per tensor or q and v apart from k (the v store goes through
-    shared memory)."""
+    Without v, program axis 2 picks the tensor (0: q, 1: k): one block per program and the branch-free division keep
+    a program at 107 registers on sm_90, so two programs share an SM and one's loads overlap the other's arithmetic
+    (one program for q and k with the branch took 218 and ran alone; 0.137 -> 0.104 ms on Wan 1.3B, H200,
+    bench/results/profile_prepass_8d8a14e.jsonl). With v, one program reads q, k and v together and divides with the
+    branch: faster on the H200 than one program per tensor, q and v apart from k, or one program without the branch
+    (0.190 ms against 0.208, 0.226 and more at 14B)."""
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    part = tl.program_id(2)  # 0 with WITH_V
+    part = tl.program_id(2)  # without v: 0 q, 1 k
     b = bh // HEADS
     h = bh % HEADS
     offs = j * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     mask = (offs < L)[:, None]
-    if part == 0:
-        _quantize_block(Q, KMEAN, Q8, QS, b, h, bh, j, offs, offs_d, mask, stride_qb, stride_qh, stride_ql, L, N,
-                        HEAD_DIM, False, EXACT)
     if WITH_V:
-        _quantize_block(K, KMEAN, K8, KS, b, h, bh, j, offs, offs_d, mask, stride_kb, stride_kh, stride_kl, L, N,
-                        HEAD_DIM, True, EXACT)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs[:, None] * stride_ql + offs_d[None, :], mask=mask,
+                    other=0.0)
+        k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask,
+                    other=0.0)
+        mean = tl.load(KMEAN + bh * HEAD_DIM + offs_d)
+        q8, qs = _quantize_tile(q.to(tl.float32), mask, 127.0, EXACT, True)
+        k8, ks = _quantize_tile(k.to(tl.float32) - mean[None, :], mask, 127.0, EXACT, True)
+        dst = (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :]
+        tl.store(Q8 + dst, q8, mask=mask)
+        tl.store(K8 + dst, k8, mask=mask)
+        tl.store(QS + bh * N + j, qs)
+        tl.store(KS + bh * N + j, ks)
         v = tl.load(V + b * stride_vb + h * stride_vh + offs[:, None] * stride_vl + offs_d[None, :], mask=mask,
                     other=0.0)
         vf = v.to(tl.float32)
@@ -120,9 +136,13 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
         # masked by LP (a multiple of 16, the row length of V8's storage) rather than L, so the store goes 16 bytes
         # at a time; the columns [L, LP) get e4m3 zeros, and no one reads them
         tl.store(V8 + dst_v, v8, mask=(offs < LP)[:, None])
-    elif part == 1:
-        _quantize_block(K, KMEAN, K8, KS, b, h, bh, j, offs, offs_d, mask, stride_kb, stride_kh, stride_kl, L, N,
-                        HEAD_DIM, True, EXACT)
+    else:
+        if part == 0:
+            _quantize_block(Q, KMEAN, Q8, QS, b, h, bh, j, offs, offs_d, mask, stride_qb, stride_qh, stride_ql, L,
+                            N, HEAD_DIM, False, EXACT)
+        if part == 1:
+            _quantize_block(K, KMEAN, K8, KS, b, h, bh, j, offs, offs_d, mask, stride_kb, stride_kh, stride_kl, L,
+                            N, HEAD_DIM, True, EXACT)
 
 
 STATS_SPAN = 512  # tokens per program of the k-mean pass (a multiple of its 32-token tile)
