@@ -147,6 +147,32 @@ KERNEL = {
                                            "a100,rtx50,consumer", None),
     "bench_h200_tiers_prec_bc1cdeb.md": ("the table of bench_h200_tiers_prec_bc1cdeb.json", "(written by the same run)",
                                          "NVIDIA H200"),
+    "profile_prepass_961fa01.jsonl": ("issue 21: the same at 961fa01 (the quantize pass one program per tensor, "
+                                      "Markstein's division with the 2^100 lift for q and k; its fp8 rows: the split "
+                                      "variant 9c276e0 dropped)", "python3 bench/profile_prepass.py", "NVIDIA H200"),
+    "profile_prepass_8d8a14e.jsonl": ("issue 21: the same at 8d8a14e (int8-qk rows: the int8 pass as shipped, its PTX "
+                                      "equal to 9c276e0's; fp8 rows: one program for q, k, v with the lift, a variant "
+                                      "9c276e0 dropped for 9d4ba5c's)", "python3 bench/profile_prepass.py",
+                                      "NVIDIA H200"),
+    "bench_h200_tiers_int8_961fa01.json": ("issue 16: 1.3B, int8-qk with the a100, rtx50 and consumer tiers forced, "
+                                           "after the quantize pass's split (961fa01)",
+                                           "python3 bench/bench_attention.py --shapes wan13b_480p --providers "
+                                           "sdpa_default --precision int8-qk --tiers a100,rtx50,consumer", None),
+    "bench_h200_tiers_int8_961fa01.md": ("the table of bench_h200_tiers_int8_961fa01.json", "(written by the same run)",
+                                         "NVIDIA H200"),
+    "bench_h200_sweep_int8_961fa01.json": ("issue 16: every config of the hopper, a100 and rtx50 tiers at int8-qk "
+                                           "(TMA tiers with pointer loads too, an A100 4-stage candidate), 1.3B and "
+                                           "14B, window 0 + anchor 0 with and without compensation / linear heads",
+                                           "python3 bench/bench_attention.py --sweep --precision int8-qk --shapes "
+                                           "wan13b_480p,wan14b_720p --tiers hopper,a100,rtx50 --cases "
+                                           "window0+anchor0,window0-sparse --extra-configs a100:128/64/8/4", None),
+    "bench_h200_sweep_int8_961fa01.md": ("the table of bench_h200_sweep_int8_961fa01.json", "(written by the same run)",
+                                         "NVIDIA H200"),
+    "gpu_tests_h200_8d8a14e.log": ("GPU tests of the quantize pass's split: int8 / fp8 kernels and pre-pass bit for "
+                                   "bit (961fa01 and 8d8a14e: 57 passed each)",
+                                   "python3 -m pytest tests/test_kernels_int8.py tests/test_kernels_fp8.py "
+                                   "tests/test_quantize.py tests/test_quantize_division.py tests/test_fp8.py",
+                                   "NVIDIA H200"),
     "gpu_tests_h200_bc1cdeb.log": ("GPU tests of this stop's trees (bfdcefa + variants, b7a6116, bc1cdeb, 7d32421): "
                                    "int8 / fp8 "
                                    "kernels and pre-pass bit for bit, consumer-forced kernel tests, LSE, pre-pass, op",
@@ -245,6 +271,10 @@ E2E_NOTES = {
                      "forced as @consumer)",
     "_newest_f6ed1ac": "issues 16, 17, 21: the newest-shape tree at f6ed1ac's kernels (1.3B, 4 steps after 2; the "
                        "JSON's commit names the tree: f6ed1ac but the e4m3 rounding's sign of zero)",
+    "_newest_9c276e0": "issues 16, 17: the newest-shape tree at 9c276e0 (quantize pass split per tensor; 1.3B, 4 "
+                       "steps after 1, the RTX 30 / 40 configs forced as @consumer: precision auto = int8-qk)",
+    "_0364_9c276e0": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_9c276e0`, with @consumer at fp16 "
+                     "beside auto",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "

@@ -95,7 +95,8 @@ TIERS = (
          (C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 4))),
     # A100 (and sm_87): 128/128/8/3 takes exactly its 166912 B on sm_80. Slower candidates that fit (H200 sweep as
-    # for the consumer tier): 128/64/8/4, 128/64/8/5, 64/128/4/2, 64/128/4/3, 64/128/8/2
+    # for the consumer tier): 128/64/8/4, 128/64/8/5, 64/128/4/2, 64/128/4/3, 64/128/8/2; at int8-qk 128/64/8/4
+    # (148224 B) also slower (bench/results/bench_h200_sweep_int8_961fa01.md)
     Tier("a100", 166912, (), False,
          (C(128, 128, 8, 3), C(128, 64, 8, 3), C(128, 128, 8, 2, with_lut=False)),
          (C(64, 64, 4, 3), C(64, 64, 4, 2))),
@@ -113,7 +114,8 @@ TIERS = (
     # 64/64/4/3, 64/32/4/4
     # precision auto: int8-qk. On the H200 with these configs forced, whole op: Wan 1.3B windows 0 / 1 / 2 8.24x /
     # 4.76x / 3.38x SDPA vs fp16 7.79x / 4.19x / 2.97x, 14B window 0 10.10x vs 8.52x
-    # (bench/results/bench_h200_tiers_prec_bc1cdeb.md; int8 K tiles take half the bytes through the pointer path);
+    # (bench/results/bench_h200_tiers_prec_bc1cdeb.md; int8 K tiles take half the bytes through the pointer path;
+    # 1.3B window 0 8.40x since the quantize pass's split, bench_h200_tiers_int8_961fa01.md);
     # on the cards themselves more: GeForce Ada/Ampere run fp16 MMA with fp32 accumulation at a quarter of int8's
     # rate (RTX 4090: 165 TFLOPS vs 660 TOPS, NVIDIA's Ada whitepaper). Quality: docs/fidelity.md (within 0.01 dB of
     # fp16 on the trained model)

@@ -92,11 +92,11 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
     operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused.
 
     Without v, program axis 2 picks the tensor (0: q, 1: k): one block per program and the branch-free division keep
-    a program at 107 registers on sm_90, so two programs share an SM and one's loads overlap the other's arithmetic
-    (one program for q and k with the branch took 218 and ran alone; 0.137 -> 0.104 ms on Wan 1.3B, H200,
+    a program at 107 registers on sm_90 (triton 3.8), so two programs share an SM and one's loads overlap the other's
+    arithmetic (one program for q and k with the branch took 218 and ran alone; 0.137 -> 0.104 ms on Wan 1.3B, H200,
     bench/results/profile_prepass_8d8a14e.jsonl). With v, one program reads q, k and v together and divides with the
-    branch: faster on the H200 than one program per tensor, q and v apart from k, or one program without the branch
-    (0.190 ms against 0.208, 0.226 and more at 14B)."""
+    branch: on the H200 faster than one program per tensor or one program without the branch (0.190 ms against
+    0.208 and 0.226; profile_prepass_bc1cdeb, _961fa01, _8d8a14e)."""
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     part = tl.program_id(2)  # without v: 0 q, 1 k
