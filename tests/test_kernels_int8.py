@@ -135,6 +135,26 @@ def test_full_wan13b_shape_int8_matches_the_int8_reference(dtype):
     assert err < 1e-2, f"rel error {err:.2e}"
 
 
+@needs_cuda
+@pytest.mark.parametrize("magnitude", [1.0, 1e-18, 1e-24], ids=["unit", "scales_near_2^-64", "scales_under_2^-64"])
+def test_int8_prepass_equals_the_reference_bit_for_bit_at_the_wan13b_shape(magnitude):
+    """The int8-qk pass (one program per tensor) gives torch's correctly rounded quotients on 50 M elements per
+    tensor: Markstein's correction from one reciprocal per block, with bf16 inputs scaled down so that block scales
+    fall near and under 2^-64, where the tile and its scale are lifted by 2^100 first (kernels/quant.py
+    `_quantize_tile`); a lift that changed a quotient, or a block left to the other program, fails it."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("int8-qk needs compute capability 8.0+")
+    q, k, _ = (x * magnitude for x in _qkv(1, 12, WAN13B.length, 128, torch.bfloat16, seed=3, layout="blhd"))
+    qb, kb = to_bhld(q, 12), to_bhld(k, 12)
+    got = quantize_qk_triton(qb, kb, 128)
+    assert_mean_close(got.k_mean, kb)
+    want = quantize_qk(qb, kb, 128, k_mean=got.k_mean)
+    if magnitude < 1e-20:
+        assert float(want.q_scale.max()) < 2.0 ** -64, "the case must reach the lifted division"
+    for name in ("q8", "k8", "q_scale", "k_scale"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
 @pytest.mark.parametrize("precision", ["int8-qk", "fp16"])
 def test_a_compiled_launch_failure_of_int8_qk_is_a_kernel_launch_error_and_fp16_failures_propagate(monkeypatch,
                                                                                                   precision):
