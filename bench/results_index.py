@@ -175,7 +175,8 @@ KERNEL = {
                                    "NVIDIA H200"),
     "gpu_tests_h200_170a858.log": ("GPU tests at 170a858: the int8-qk pre-pass bit for bit with block scales near and "
                                    "under 2^-64 (the lifted division), the fp8 pre-pass, both at the Wan 1.3B shape: "
-                                   "15 passed", "python3 -m pytest tests/test_kernels_int8.py tests/test_kernels_fp8.py "
+                                   "15 passed",
+                                   "python3 -m pytest tests/test_kernels_int8.py tests/test_kernels_fp8.py "
                                    "-k 'prepass or k_mean or full_wan13b'", "NVIDIA H200"),
     "gpu_tests_h200_bc1cdeb.log": ("GPU tests of this stop's trees (bfdcefa + variants, b7a6116, bc1cdeb, 7d32421): "
                                    "int8 / fp8 "
