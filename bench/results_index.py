@@ -160,6 +160,12 @@ KERNEL = {
                                            "sdpa_default --precision int8-qk --tiers a100,rtx50,consumer", None),
     "bench_h200_tiers_int8_961fa01.md": ("the table of bench_h200_tiers_int8_961fa01.json", "(written by the same run)",
                                          "NVIDIA H200"),
+    "bench_h200_tiers_int8_5fc9408.json": ("issue 16: the same 1.3B int8-qk rows with the a100 and consumer tiers at "
+                                           "5fc9408 (the shipped quantize pass)",
+                                           "python3 bench/bench_attention.py --shapes wan13b_480p --providers "
+                                           "sdpa_default --precision int8-qk --tiers a100,consumer", None),
+    "bench_h200_tiers_int8_5fc9408.md": ("the table of bench_h200_tiers_int8_5fc9408.json", "(written by the same run)",
+                                         "NVIDIA H200"),
     "bench_h200_sweep_int8_961fa01.json": ("issue 16: every config of the hopper, a100 and rtx50 tiers at int8-qk "
                                            "(TMA tiers with pointer loads too, an A100 4-stage candidate), 1.3B and "
                                            "14B, window 0 + anchor 0 with and without compensation / linear heads",
