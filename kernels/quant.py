@@ -37,9 +37,9 @@ def _div_rn(x, s, r):
     """x / s correctly rounded (fp32) on the GPU, given r = 1 / s correctly rounded (one division per tile, not one
     per element): Markstein's correction, q = x r, e = fma(-q, s, x) (exact), q + e r, the correctly rounded quotient
     when nothing under- or overflows (callers keep divisors at or above _MARKSTEIN_MIN = 2^-64, which bf16 inputs
-    can go under: `div_rn` below it for q and k, a power-of-two lift for v); three instructions per element instead
-    of `div.rn`'s reciprocal, refinement and range check (tests/test_quantize_division.py checks the arithmetic
-    exactly). Not under the CPU interpreter, whose fma rounds twice."""
+    can go under: a power-of-two lift below it, or for q and k in the fp8 pass `div_rn`); three instructions per
+    element instead of `div.rn`'s reciprocal, refinement and range check (tests/test_quantize_division.py checks the
+    arithmetic exactly). Not under the CPU interpreter, whose fma rounds twice."""
     q = x * r
     return tl.fma(tl.fma(-q, s, x), r, q)
 
@@ -106,6 +106,8 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
     offs_d = tl.arange(0, HEAD_DIM)
     mask = (offs < L)[:, None]
     if WITH_V:
+        # q and k spelled out rather than two `_quantize_block` calls: this order (both loads first) is the one
+        # measured; the helper's load-quantize-store per tensor compiles to other PTX (sm_89/90/120), not timed
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs[:, None] * stride_ql + offs_d[None, :], mask=mask,
                     other=0.0)
         k = tl.load(K + b * stride_kb + h * stride_kh + offs[:, None] * stride_kl + offs_d[None, :], mask=mask,
