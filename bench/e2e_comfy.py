@@ -65,6 +65,7 @@ from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, schedule_pr
 from bench.e2e import boot  # noqa: E402
 from bench.e2e.checkpoints import MODELS, build_state_dict  # noqa: E402
 from bench.e2e.compare_run import run_compare  # noqa: E402
+from bench.e2e.memory_peak import memory_peak  # noqa: E402
 from bench.e2e.profiling import profile  # noqa: E402
 from bench.e2e.reference import load_reference, mismatches, save_reference  # noqa: E402
 from bench.e2e.table import table  # noqa: E402
@@ -341,6 +342,9 @@ def main() -> None:
                         "give every compared configuration the same hooks so their s/step stay comparable)")
     p.add_argument("--profile", default="", help="comma list of configurations to profile (one model call each, "
                    "torch.profiler, after all timed runs): top CUDA kernels to <out>/profile_<model>_<config>.txt")
+    p.add_argument("--memory-peak", default="", help="comma list of configurations whose peak memory is taken apart "
+                   "(one sampler step each with the allocation history on, after all timed runs): the sites alive at "
+                   "the peak to <out>/memory_<model><tag>_<config>.txt and into the row's memory_at_peak")
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="an untimed sampling of this many steps per configuration first; then s/step is the mean "
                         "of all steps (without: of steps 1..). 2 reaches both ends of a schedule")
@@ -415,6 +419,12 @@ def main() -> None:
     print(f"\n{json.dumps(env)}\n{text}")
     for name in [c for c in a.profile.split(",") if c]:
         profile(bench, name, out)
+    peaks = [c for c in a.memory_peak.split(",") if c]
+    for name in peaks:
+        memory_peak(bench, name, out, a.tag)
+    if peaks:
+        (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
+                                                                  "rows": bench.results}, indent=1, default=str))
 
 
 if __name__ == "__main__":

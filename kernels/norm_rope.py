@@ -76,16 +76,24 @@ def launch_shape(c: int) -> tuple[int, int, int]:
 
 
 def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
-                 eps: float, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm(q) * wq and RMSNorm(k) * wk over the last dim, then RoPE per head; returns new (B, L, C) tensors.
+                 eps: float, head_dim: int, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm(q) * wq and RMSNorm(k) * wk over the last dim, then RoPE per head; returns new (B, L, C) tensors,
+    or with `inplace` q and k themselves, overwritten (each program loads its tokens' whole rows before it stores
+    them, and no other program reads those rows).
 
     q, k: (B, L, C) with unit last stride; wq, wk: (C,) contiguous; freqs: (Bf, L, 1, head_dim/2, 2, 2) float32,
-    Bf 1 or B, its (head_dim/2, 2, 2) block contiguous.
+    Bf 1 or B, its (head_dim/2, 2, 2) block contiguous. `inplace` needs q and k with the same strides (the
+    outputs share one set).
     Callers check the layout (`sparseflow.prologue.prologue_reason`).
     """
     bsz, length, c = q.shape
-    oq = torch.empty((bsz, length, c), dtype=q.dtype, device=q.device)
-    ok = torch.empty_like(oq)
+    if inplace:
+        if q.stride() != k.stride():
+            raise ValueError(f"norm_rope_qk inplace: q strides {q.stride()} and k strides {k.stride()} differ")
+        oq, ok = q, k
+    else:
+        oq = torch.empty((bsz, length, c), dtype=q.dtype, device=q.device)
+        ok = torch.empty_like(oq)
     rows = bsz * length
     block_t, block_c, warps = launch_shape(c)
     grid = (triton.cdiv(rows, block_t),)

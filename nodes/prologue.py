@@ -27,7 +27,8 @@ from .context import CONTEXT_KEY, PROBE_KEY, CallContext
 from .report import log_once
 from .run import RUN_KEY, RunState
 
-__all__ = ["call_reason", "fused_forward_patches", "make_fused_forward", "norm_params", "qk_maker"]
+__all__ = ["Handoff", "Projections", "call_reason", "fused_forward_patches", "hand_over", "make_fused_forward",
+           "norm_params", "qk_maker"]
 
 log = logging.getLogger("sparseflow.nodes")
 
@@ -97,13 +98,53 @@ def qk_weights(module: torch.nn.Module, x: torch.Tensor, freqs: object) -> tuple
     return (None, why) if why else ((wq, wk), None)
 
 
-def qk_maker(module: torch.nn.Module, x: torch.Tensor, freqs: torch.Tensor, weights: tuple, backend: str):
-    """A function making (q, k) of this self-attention call with the fused prologue, for a version's `attend`
-    (it calls it where ComfyUI computes q and k, so no other reference to them outlives the attention call)."""
-    def make():
+class Handoff:
+    """A tensor handed to a callee together with the only reference to it: the block body hands its norm1 output to
+    SparseFlow's fused self-attention this way, so the memory is free once the last projection (v) has read it,
+    before the attention runs (one (B, L, C) stream less at the self-attention's peak)."""
+
+    __slots__ = ("_tensor",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._tensor = tensor
+
+    def take(self) -> torch.Tensor:
+        t, self._tensor = self._tensor, None
+        return t
+
+
+def hand_over(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | Handoff:
+    """x wrapped in a `Handoff` when `module` (a Wan self-attention) runs SparseFlow's fused forward with no module
+    hooks that would see its arguments; else x itself."""
+    fused = getattr(getattr(module, "forward", None), "_sparseflow", False)
+    if fused and not (module._forward_pre_hooks or module._forward_hooks):
+        return Handoff(x)
+    return x
+
+
+class Projections:
+    """q and k (by `make_qk(x)`) and v of one self-attention call, from its input x, which this object holds until
+    `v()`, the last projection, has read it; a version's `attend` asks for them where ComfyUI computes them."""
+
+    def __init__(self, module: torch.nn.Module, x: torch.Tensor, make_qk) -> None:
+        self.module, self._x, self._make_qk, self.shape = module, x, make_qk, x.shape
+
+    def qk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._make_qk(self._x)
+
+    def v(self) -> torch.Tensor:
+        x, self._x = self._x, None
+        return self.module.v(x)
+
+
+def qk_maker(module: torch.nn.Module, freqs: torch.Tensor, weights: tuple, backend: str):
+    """A function x -> (q, k) of this self-attention call with the fused prologue, which overwrites the fresh
+    projections in place (`sparseflow.prologue.inplace_reason`), so it needs no memory of its own."""
+    def make(x):
         q, k = module.q(x), module.k(x)
         return prologue.run_norm_rope(q, k, weights[0].to(q.dtype), weights[1].to(q.dtype), freqs,
-                                      _eps(module.norm_q, q), module.head_dim, backend)
+                                      _eps(module.norm_q, q), module.head_dim, backend,
+                                      inplace=prologue.inplace_reason(q, k) is None)
 
     return make
 
@@ -114,6 +155,8 @@ def make_fused_forward(module: torch.nn.Module):
     wan = sys.modules[type(module).__module__]
 
     def fused_forward(x, freqs, transformer_options={}, **kwargs):  # noqa: B006 - ComfyUI's signature
+        if isinstance(x, Handoff):  # from SparseFlow's block body: this frame now holds the only reference
+            x = x.take()
         to = transformer_options
         if isinstance(to, dict) and to.get(PROBE_KEY):  # the behaviour check runs ComfyUI's own code
             return original(x, freqs, transformer_options=to, **kwargs)
@@ -136,7 +179,9 @@ def make_fused_forward(module: torch.nn.Module):
             return original(x, freqs, transformer_options=to, **kwargs)
         if eager:
             run.telemetry.note_prologue(FUSED if backend == "triton" else REFERENCE)
-        return version.attend(wan, module, x, qk_maker(module, x, freqs, weights, backend), to)
+        proj = Projections(module, x, qk_maker(module, freqs, weights, backend))
+        del x  # the projections hold the input now, and let it go after v
+        return version.attend(wan, module, proj, to)
 
     fused_forward._sparseflow = True
     return fused_forward

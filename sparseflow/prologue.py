@@ -19,8 +19,8 @@ import torch
 
 from .inputs import triton_input_reason
 
-__all__ = ["MAX_ELEMENTS", "PROLOGUE_BACKENDS", "layout_reason", "norm_rope_qk", "norm_rope_reference",
-           "prologue_reason", "run_norm_rope", "triton_reason"]
+__all__ = ["MAX_ELEMENTS", "PROLOGUE_BACKENDS", "inplace_reason", "layout_reason", "norm_rope_qk",
+           "norm_rope_reference", "prologue_reason", "run_norm_rope", "triton_reason"]
 
 log = logging.getLogger("sparseflow.prologue")
 
@@ -135,8 +135,37 @@ def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.T
     return run_norm_rope(q, k, wq, wk, freqs, eps, head_dim, backend)
 
 
+@torch.library.custom_op("sparseflow::norm_rope_qk_", mutates_args=("q", "k"))
+def _norm_rope_inplace_op(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
+                          eps: float, head_dim: int, backend: str) -> None:
+    if backend == "triton":
+        _triton_fn()(q, k, wq, wk, freqs, eps, head_dim, inplace=True)
+        return
+    q.copy_(norm_rope_reference(q, wq, freqs, eps, head_dim))
+    k.copy_(norm_rope_reference(k, wk, freqs, eps, head_dim))
+
+
+@_norm_rope_inplace_op.register_fake
+def _norm_rope_inplace_fake(q, k, wq, wk, freqs, eps, head_dim, backend):
+    return None
+
+
+def inplace_reason(q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """None when `run_norm_rope(..., inplace=True)` may overwrite q and k, else why not."""
+    if not (q.is_contiguous() and k.is_contiguous()):
+        return "q or k is not contiguous"
+    if q.shape != k.shape or q.dtype != k.dtype:
+        return "q and k differ in shape or dtype"
+    return None
+
+
 def run_norm_rope(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
-                  eps: float, head_dim: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                  eps: float, head_dim: int, backend: str, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`norm_rope_qk` without its checks, for a caller that has already asked `layout_reason` and
-    `triton_reason` (SparseFlow's fused Wan forward, once per layer call)."""
+    `triton_reason` (SparseFlow's fused Wan forward, once per layer call). With `inplace` (a caller that owns q and k
+    and has asked `inplace_reason`) the results overwrite q and k: the call then needs no memory of its own, where
+    new outputs would hold q and k twice (on Wan 14B at 720p with CFG, 2 x 1.4 GiB more at the self-attention)."""
+    if inplace:
+        _norm_rope_inplace_op(q, k, wq, wk, freqs, float(eps), int(head_dim), backend)
+        return q, k
     return _norm_rope_op(q, k, wq, wk, freqs, float(eps), int(head_dim), backend)

@@ -124,3 +124,19 @@ def test_the_compare_configuration_times_the_compare_nodes_two_runs_and_its_dens
     both = rows["default"]["total_s"] + rows["sparseflow"]["total_s"]
     assert row["vs_default_plus_sparseflow"] == pytest.approx(row["total_s"] / both)
     assert "- compare: patched run" in data["stdout"] and "x (default + sparseflow totals)" in data["stdout"]
+
+
+def test_memory_peak_replays_the_trace_to_the_peak_and_sums_what_is_alive_by_site():
+    from bench.e2e.memory_peak import peak_sites
+
+    def ev(action, addr, size, where):
+        return {"action": action, "addr": addr, "size": size,
+                "frames": [{"filename": "/x/torch/nn/functional.py", "line": 1, "name": "linear"},
+                           {"filename": f"/repo/nodes/{where}.py", "line": 7, "name": where}]}
+
+    trace = [ev("alloc", 1, 100, "q"), ev("alloc", 2, 50, "k"), ev("free_requested", 1, 100, "q"),
+             ev("free_completed", 1, 100, "q"), ev("alloc", 3, 200, "ffn"), ev("alloc", 4, 30, "ffn"),
+             ev("free_completed", 3, 200, "ffn"), ev("alloc", 5, 60, "o")]
+    peak, sites = peak_sites(trace)
+    assert peak == 280  # k + both ffn blocks; q was freed before, o comes after
+    assert sites == [("ffn.py:7 ffn", 230, 2), ("k.py:7 k", 50, 1)]

@@ -223,3 +223,70 @@ def test_bench_breakdown_times_the_fused_ffn_as_the_ffn(comfy, pack, tiny_models
     for c in calls:
         assert c["ffn"] > 0 and c["rest"] >= 0 and c["self_attention"] > 0 and c["cross_attention"] > 0, c
     assert mod.ffn_forward.__name__ == "ffn_forward"  # restored on exit
+
+
+@pytest.mark.parametrize("variant,batch,attn2", [(tw.WAN21_T2V, 2, False), (tw.WAN22_TI2V_5B, 1, False),
+                                                 (tw.WAN21_T2V, 1, True)])
+def test_a_large_ffn_runs_in_token_pieces_with_comfyuis_result(comfy, pack, tiny_models, monkeypatch,  # noqa: F811
+                                                               variant, batch, attn2):
+    """Over sparseflow.ffn.CHUNK_MIN_BYTES (here 0: every FFN) the fused block runs the FFN piece by piece and adds
+    each piece into the stream: ComfyUI's result, per-token gates (Wan 2.2 5B) and attn2 patches (newest: the stream
+    is then the patch's tensor, added into a new one) included."""
+    from comfyui_sparseflow.sparseflow import ffn
+
+    model = tiny_models[variant]
+
+    def patched(**kw):
+        m = _patch(pack, model, **kw)
+        if attn2:
+            m.set_model_attn2_patch(lambda a: a["x"] * 0.75)
+        return m
+
+    own = _sample(comfy, patched(fuse_block_norms=False), variant, batch)
+    monkeypatch.setattr(ffn, "CHUNK_MIN_BYTES", 0)
+    fused_model = patched()
+    dm = fused_model.get_model_object("diffusion_model")
+    rows = []
+    handles = [b.ffn[0].register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[:-1])) for b in dm.blocks]
+    try:
+        fused = _sample(comfy, fused_model, variant, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-5)
+    assert rows and all(len(r) == 1 for r in rows)  # (tokens, C) pieces of one batch element, never (B, L, C)
+    block = dm.blocks[0]
+    per_call = len(ffn.token_chunks(2 * batch, 1, block.self_attn.dim, block.ffn_dim, 4, 0))
+    assert per_call >= 2 and len(rows) % len(dm.blocks) == 0 and len(rows) // len(dm.blocks) >= STEPS * per_call
+    assert _last(pack, fused_model).block_norms == {"reference": STEPS * 2}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_norm1_output_is_freed_before_the_self_attention_runs(comfy, pack, tiny_models, monkeypatch,  # noqa: F811
+                                                              fused):
+    """With SparseFlow's block body and prologue the block hands norm1's output over (nodes/prologue.py Handoff): it
+    is gone once v is projected, before the attention call; ComfyUI's own block keeps it alive (the control)."""
+    import weakref
+
+    import comfy.ldm.wan.model as wan_model
+
+    m = _patch(pack, tiny_models[tw.WAN21_T2V], fuse_block_norms=fused, fuse_qk_norm_rope=fused)
+    dm = m.get_model_object("diffusion_model")
+    inputs, alive = [], []
+    handles = [b.self_attn.v.register_forward_pre_hook(lambda mod, a: inputs.append(weakref.ref(a[0])))
+               for b in dm.blocks]
+    real = wan_model.optimized_attention
+
+    def attention(q, k, v, *args, **kwargs):
+        if inputs:
+            alive.append(inputs.pop()() is not None)
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(wan_model, "optimized_attention", attention)
+    try:
+        _sample(comfy, m)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(alive) == STEPS * len(dm.blocks)
+    assert not any(alive) if fused else all(alive)

@@ -109,15 +109,16 @@ def test_triton_prologue_kernel_runs_inside_the_model(comfy, pack, tiny_models, 
     real = prologue._triton_fn()
     assert real is not None
 
-    def counting(*args):
-        calls.append(args[0].shape)
-        return real(*args)
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("inplace", False))
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(prologue, "_triton_fn", lambda: counting)
     monkeypatch.setattr(prologue, "triton_reason", lambda x=None: None)
     fused_model = _patch(pack, model, backend="auto")
     out = _sample(comfy, fused_model)
     assert len(calls) == STEPS * 2  # one launch per self-attention call, q and k together
+    assert all(calls)  # over the fresh projections, in place
     torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
     tel = _last(pack, fused_model)
     assert tel.prologue == {"fused": STEPS * 2}

@@ -85,6 +85,14 @@ def _kernel_case(batch, length, heads, head_dim, dtype, f_batch, strided=False, 
         ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
         assert_close_report(out, ref, atol=ulp, rtol=ulp)
         assert rel_error(out, ref) < 0.75 * ulp
+    # in place (SparseFlow's forward overwrites the fresh projections): the same bits, in q's and k's own memory
+    iq, ik = q.clone(), k.clone()
+    if strided:
+        iq, ik = (torch.empty_like(qkv)[..., :c] for _ in range(2))
+        iq.copy_(q), ik.copy_(k)
+    rq, rk = kernel(iq, ik, wq, wk, f, 1e-6, head_dim, inplace=True)
+    assert rq is iq and rk is ik
+    assert torch.equal(iq, oq) and torch.equal(ik, ok)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -137,4 +145,25 @@ def test_op_traces_under_torch_compile_without_graph_break():
         return a + b
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break raises
+    torch.testing.assert_close(compiled(q, k), fn(q, k))
+
+
+def test_inplace_op_overwrites_q_and_k_and_traces_under_torch_compile():
+    from comfyui_sparseflow.sparseflow.prologue import inplace_reason, run_norm_rope
+
+    torch._dynamo.reset()
+    q, k = torch.randn(2, 6, 128), torch.randn(2, 6, 128)
+    w = torch.rand(128) + 0.5
+    f = rope_table(1, 6, 64)
+    want = norm_rope_qk(q, k, w, w, f, 1e-6, 64, backend="reference")
+    aq, ak = q.clone(), k.clone()
+    assert inplace_reason(aq, ak) is None and inplace_reason(aq, ak[:, :, :64]) is not None
+    rq, rk = run_norm_rope(aq, ak, w, w, f, 1e-6, 64, "reference", inplace=True)
+    assert rq is aq and rk is ak and torch.equal(aq, want[0]) and torch.equal(ak, want[1])
+
+    def fn(q, k):
+        a, b = run_norm_rope(q * 2, k + 0, w, w, f, 1e-6, 64, "reference", inplace=True)
+        return a + b
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k), fn(q, k))

@@ -17,10 +17,11 @@ def context_img_len(dm, clip_fea) -> int | None:
     return None if clip_fea is None else int(clip_fea.shape[-2])
 
 
-def attend(wan, module, x, make_qk, to):
-    """Everything after the QK prologue: v, the attention call, the output projection."""
-    q, k = make_qk()
-    out = wan.optimized_attention(q, k, module.v(x), heads=module.num_heads, transformer_options=to)
+def attend(wan, module, proj, to):
+    """The self-attention after its input: q and k (the QK prologue), v, the attention call, the output projection.
+    `proj` (nodes/prologue.py Projections) makes q, k and v."""
+    q, k = proj.qk()
+    out = wan.optimized_attention(q, k, proj.v(), heads=module.num_heads, transformer_options=to)
     del q, k
     return module.o(out)
 
@@ -30,4 +31,4 @@ def block_body(block, x, ee, freqs, context, context_img_len, to, ops):
     x, y = ops.attentions(block, x, ee, freqs, context, context_img_len, to)
     x, h = ops.add_norm2(x, y, ee[3], ee[4])
     del y
-    return ops.feed_forward(block, x, h, ee[5])
+    return ops.feed_forward(block, x, h, ee[5], own_stream=True)

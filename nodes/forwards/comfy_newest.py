@@ -21,16 +21,17 @@ def context_img_len(dm, clip_fea) -> int | None:
     return None if clip_fea is None or getattr(dm, "img_emb", None) is None else int(clip_fea.shape[-2])
 
 
-def attend(wan, module, x, make_qk, to):
-    """Everything after the QK prologue: containers, the attention call, attn1_patch, the output projection."""
+def attend(wan, module, proj, to):
+    """The self-attention after its input: q and k (the QK prologue), containers, v, the attention call,
+    attn1_patch, the output projection. `proj` (nodes/prologue.py Projections) makes q, k and v."""
     patches = to.get("patches", {})
-    b, s = x.shape[:2]
-    q, k = make_qk()
+    b, s = proj.shape[:2]
+    q, k = proj.qk()
     if patches.get("attn1_patch"):
         q_patch, k_patch = (t.view(b, s, module.num_heads, module.head_dim) for t in (q, k))
     container = wan.AttentionTensorContainer
     q, k = container(q), container(k)  # the containers hold the only references: the backend frees them
-    out = wan.optimized_attention(q, k, container(module.v(x)), heads=module.num_heads,
+    out = wan.optimized_attention(q, k, container(proj.v()), heads=module.num_heads,
                                   preferred_attention=getattr(module, "comfy_attention", None),
                                   transformer_options=to)
     if "attn1_patch" in patches:
@@ -49,7 +50,7 @@ def block_body(block, x, ee, freqs, context, context_img_len, to, ops):
         for p in patches["attn2_patch"]:
             x = p({"x": x, "transformer_options": to})
         h = ops.norm2(x, ee[3], ee[4])
-    else:
-        x, h = ops.add_norm2(x, y, ee[3], ee[4])
-        del y
-    return ops.feed_forward(block, x, h, ee[5])
+        return ops.feed_forward(block, x, h, ee[5], own_stream=False)  # x is the patches' tensor
+    x, h = ops.add_norm2(x, y, ee[3], ee[4])
+    del y
+    return ops.feed_forward(block, x, h, ee[5], own_stream=True)

@@ -22,7 +22,7 @@ import torch
 from ...sparseflow import prologue as core_prologue
 from ..context import PROBE_KEY
 from ..fused_block import block_ops
-from ..prologue import qk_weights
+from ..prologue import Projections, qk_weights
 from ..report import log_once
 from . import VERSIONS
 
@@ -164,14 +164,14 @@ def _check_attention(dm, block, x, freqs) -> tuple[object, str]:
     if why is not None:
         raise _Unchecked(why)
 
-    def make_qk():
-        q, k = attn.q(x), attn.k(x)
+    def make_qk(h):
+        q, k = attn.q(h), attn.k(h)
         eps = float(attn.norm_q.eps) if getattr(attn.norm_q, "eps", None) is not None else 1e-6
         return (core_prologue.norm_rope_reference(q, weights[0].to(q.dtype), freqs, eps, attn.head_dim),
                 core_prologue.norm_rope_reference(k, weights[1].to(k.dtype), freqs, eps, attn.head_dim))
 
     return _compare("self-attention forward", lambda to: type(attn).forward(attn, x, freqs, transformer_options=to),
-                    lambda version, to: version.attend(wan, attn, x, make_qk, to))
+                    lambda version, to: version.attend(wan, attn, Projections(attn, x, make_qk), to))
 
 
 def _check_block(dm, block, x, freqs, e, context, img_len) -> tuple[object, str]:
