@@ -14,6 +14,7 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
                    "auto": int8-qk with the a100, rtx50 and consumer tiers' configs, fp16 otherwise)
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
+  sparseflow_ffnwhole the same with ffn_in_pieces=False (the FFN's hidden tensor whole: more memory)
   sparseflow_int8qk  the same with precision int8-qk (int8 Q·K); sparseflow_fp8: precision fp8 (also e4m3 P·V);
                    sparseflow_fp16: precision fp16 (what "auto" is not on the consumer tier)
   sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
@@ -165,6 +166,8 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_qk_norm_rope=False)
         elif base in PRECISION_CONFIGS:  # sparseflow_int8qk / sparseflow_fp8: the Patch node's precision (spec §8)
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, precision=PRECISION_CONFIGS[base])
+        elif base == "sparseflow_ffnwhole":  # the FFN in one piece: isolates the cost of running it in token pieces
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, ffn_in_pieces=False)
         elif base == "sparseflow_noblock":  # ComfyUI's own block adds + norms: isolates the fused blocks' gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
         elif base.startswith("sparseflow_sp") and base[len("sparseflow_sp"):].isdigit():  # e.g. sparseflow_sp030

@@ -48,8 +48,9 @@ class BlockOps:
     """The fused passes of one block call on `backend` ("triton" or "reference" = ComfyUI's ops); a part the kernel
     refuses runs ComfyUI's ops and its reason goes to `fallbacks`."""
 
-    def __init__(self, backend: str, eps1: float, eps2: float, norm3: tuple | None) -> None:
+    def __init__(self, backend: str, eps1: float, eps2: float, norm3: tuple | None, ffn_in_pieces: bool = True) -> None:
         self.backend, self.eps1, self.eps2, self.norm3 = backend, eps1, eps2, norm3
+        self.ffn_in_pieces = ffn_in_pieces
         self.fallbacks: list[str] = []
 
     def _add_norm(self, s, y, gate, norm, weight=None, bias=None, shift=None, scale=None, eps=1e-6):
@@ -94,8 +95,8 @@ class BlockOps:
         tensor (`own_stream`), else into a new tensor: the whole (B, L, ffn_dim) hidden tensor, 2.7 to 5.8 times
         the stream, never exists. The adds are `torch.addcmul`, ComfyUI's own op for this add."""
         ffn_dim = getattr(block, "ffn_dim", None)
-        pieces = (ffn.token_chunks(*h.shape, ffn_dim, h.element_size())
-                  if isinstance(ffn_dim, int) and h.dim() == 3 and h.is_contiguous() and x.shape == h.shape else [])
+        takes = isinstance(ffn_dim, int) and h.dim() == 3 and h.is_contiguous() and x.shape == h.shape
+        pieces = ffn.token_chunks(*h.shape, ffn_dim, h.element_size()) if self.ffn_in_pieces and takes else []
         if not pieces:
             y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
             del h
@@ -140,8 +141,8 @@ def modulation_rows(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor) ->
     return [wan.repeat_e(t, x) for t in ee]
 
 
-def block_ops(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor,
-              backend: str) -> tuple[BlockOps | None, list | None, str | None]:
+def block_ops(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor, backend: str,
+              ffn_in_pieces: bool = True) -> tuple[BlockOps | None, list | None, str | None]:
     """(ops, modulation rows, None) for one block call on `backend`, or (None, None, why ComfyUI's block runs)."""
     why = residual_norm.stream_reason(x)
     n1 = n2 = n3 = None
@@ -157,7 +158,7 @@ def block_ops(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor,
         return None, None, why
     ee = modulation_rows(block, x, e)
     why = next((r for i, t in enumerate(ee) if (r := residual_norm.rows_reason(f"e[{i}]", t, x))), None)
-    return (None, None, why) if why else (BlockOps(backend, n1[2], n2[2], n3), ee, None)
+    return (None, None, why) if why else (BlockOps(backend, n1[2], n2[2], n3, ffn_in_pieces), ee, None)
 
 
 def run_block(version, block, args: dict, context_img_len, run, original) -> dict:
@@ -171,7 +172,7 @@ def run_block(version, block, args: dict, context_img_len, run, original) -> dic
             why = f"fused block norms cannot run: {reason}"
     ops = ee = None
     if why is None:
-        ops, ee, why = block_ops(block, x, args["vec"], backend)
+        ops, ee, why = block_ops(block, x, args["vec"], backend, run.config.ffn_in_pieces)
     tel = run.telemetry
     if why is not None:
         tel.note_block_norms(why)

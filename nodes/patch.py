@@ -146,7 +146,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
                      sparsity: float = 0.5, window: int = -1, anchors: tuple[int, ...] = (0,),
                      linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
                      overrides: str | Mapping[str, str] = "{}", node_id: str | None = None,
-                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True, precision: str = AUTO):
+                     fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True, precision: str = AUTO,
+                     ffn_in_pieces: bool = True):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
     Installs, under the key "sparseflow": the frozen config in transformer_options, the attention override (chained
@@ -158,7 +159,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     check matches at the first model call (nodes/forwards/); where none matches, ComfyUI's own code runs and the log
     and the run summary say why. `precision` "int8-qk" runs Q·K of sparse, linear and mixed calls in int8, "fp8" also
     their exact keys' P·V in e4m3 (spec §8); "auto" takes the one measured faster on the sampling device
-    (`resolve_precision`).
+    (`resolve_precision`). `ffn_in_pieces` (API only; default on) lets the fused block body run a large FFN in
+    token pieces, which lowers peak memory (nodes/fused_block.py feed_forward).
     """
     import comfy.patcher_extension as pe
 
@@ -179,7 +181,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     sigma_max = float(getattr(model.get_model_object("model_sampling"), "sigma_max", 1.0))
     config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
                          tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id,
-                         bool(fuse_qk_norm_rope), bool(fuse_block_norms), choice.precision, precision == AUTO)
+                         bool(fuse_qk_norm_rope), bool(fuse_block_norms), choice.precision, precision == AUTO,
+                         bool(ffn_in_pieces))
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})

@@ -290,3 +290,19 @@ def test_norm1_output_is_freed_before_the_self_attention_runs(comfy, pack, tiny_
             h.remove()
     assert len(alive) == STEPS * len(dm.blocks)
     assert not any(alive) if fused else all(alive)
+
+
+def test_ffn_in_pieces_off_runs_the_ffn_whole(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
+    from comfyui_sparseflow.sparseflow import ffn
+
+    monkeypatch.setattr(ffn, "CHUNK_MIN_BYTES", 0)
+    m = _patch(pack, tiny_models[tw.WAN21_T2V], ffn_in_pieces=False)
+    dm = m.get_model_object("diffusion_model")
+    rows = []
+    handles = [b.ffn[0].register_forward_pre_hook(lambda mod, a: rows.append(a[0].dim())) for b in dm.blocks]
+    try:
+        _sample(comfy, m)
+    finally:
+        for h in handles:
+            h.remove()
+    assert rows == [3] * (STEPS * len(dm.blocks))
