@@ -90,8 +90,8 @@ class BlockOps:
         return x, block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=to)
 
     def feed_forward(self, block, x, h, gate, own_stream: bool):
-        """x + FFN(h) * gate. Where the FFN's hidden tensor is large (`sparseflow.ffn.token_chunks`: more than
-        256 MiB) the FFN runs piece by piece, each piece's result added into x in place when x is this block's own
+        """x + FFN(h) * gate. Where the FFN's hidden tensor is large (`sparseflow.ffn.token_chunks`: 1.25 GiB or
+        more) the FFN runs piece by piece, each piece's result added into x in place when x is this block's own
         tensor (`own_stream`), else into a new tensor: the whole (B, L, ffn_dim) hidden tensor, 2.7 to 5.8 times
         the stream, never exists. The adds are `torch.addcmul`, ComfyUI's own op for this add."""
         ffn_dim = getattr(block, "ffn_dim", None)
