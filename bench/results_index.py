@@ -179,6 +179,16 @@ KERNEL = {
                                    "python3 -m pytest tests/test_kernels_int8.py tests/test_kernels_fp8.py "
                                    "tests/test_quantize.py tests/test_quantize_division.py tests/test_fp8.py",
                                    "NVIDIA H200"),
+    "gpu_tests_h200_consumer_f35182b.log": ("GPU tests: the in-place QK prologue (tests/test_prologue.py, 10 passed), "
+                                            "then the kernel, int8 and fp8 kernel tests with the consumer tier's "
+                                            "configs forced (24, 17, 17 passed)",
+                                            "python3 -m pytest tests/test_prologue.py; SPARSEFLOW_LAUNCH_TIER=consumer "
+                                            "python3 -m pytest tests/test_kernels.py tests/test_kernels_int8.py "
+                                            "tests/test_kernels_fp8.py", "NVIDIA H200"),
+    "memory_peaks_h200_f35182b.log": ("issue 17: what is alive at the peak, by allocation site (one sampler step per "
+                                      "configuration), 5B / 14B / 1.3B, before and after the FFN pieces' threshold",
+                                      "bash bench/run_e2e_gpu.sh trees MODEL --memory-peak CONFIGS (see its header)",
+                                      "NVIDIA H200"),
     "gpu_tests_h200_170a858.log": ("GPU tests at 170a858: the int8-qk pre-pass bit for bit with block scales near and "
                                    "under 2^-64 (the lifted division), the fp8 pre-pass, both at the Wan 1.3B shape: "
                                    "15 passed",
@@ -286,6 +296,17 @@ E2E_NOTES = {
                        "steps after 1, the RTX 30 / 40 configs forced as @consumer: precision auto = int8-qk)",
     "_0364_9c276e0": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_9c276e0`, with @consumer at fp16 "
                      "beside auto",
+    "_newest_6195b20": "issue 17: peak memory: the FFN in token pieces (then from a 256 MiB hidden tensor, so 1.3B "
+                       "too), norm1's output freed after v, the QK prologue in place; newest-shape tree, 5B and 1.3B, "
+                       "4 steps after 1 (sites at the peak: memory_peaks_h200_f35182b.log)",
+    "_0364_6195b20": "issue 17: ComfyUI 0.3.64 in the same call as `_newest_6195b20` (1.3B; @consumer: the RTX 30 / 40 "
+                     "configs forced)",
+    "_newest_4b8876c": "issue 17: 14B 720p on the newest-shape tree with the memory changes (2 steps after 1); 1.3B "
+                       "with the FFN whole (sparseflow_ffnwhole) beside the pieces in one call: what the pieces cost",
+    "_newest_f35182b": "issues 16, 17: the FFN in pieces from a 1.25 GiB hidden tensor (1.3B 480p whole again); "
+                       "newest-shape tree, 1.3B, 4 steps after 1",
+    "_0364_f35182b": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_f35182b` (@consumer: the RTX 30 / 40 "
+                     "configs forced; its step 2 includes a kernel compile)",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
@@ -318,6 +339,9 @@ def _e2e_row(path: Path) -> tuple[str, str, str, str, str]:
         cmd += f" --warmup-steps {env['warmup_steps']}"
     if not any(r.get("breakdown_s") for r in data["rows"]):
         cmd += " --breakdown none"
+    peaks = [r["config"] for r in data["rows"] if r.get("memory_at_peak")]
+    if peaks:
+        cmd += f" --memory-peak {','.join(peaks)}"
     cmd += f" --tag {tag}" if tag else ""
     tag = path.stem.removeprefix(f"e2e_{model}")
     if path.name in SAVED_REFERENCE:
