@@ -365,6 +365,9 @@ def main() -> None:
         a.model = "tiny"
     a.breakdown = [x for x in a.breakdown.split(",") if x]
     configs = [c for c in a.configs.split(",") if c]
+    unknown = [c for c in a.memory_peak.split(",") if c and c not in configs]
+    if unknown:
+        p.error(f"--memory-peak names {', '.join(unknown)}, which --configs ({a.configs}) does not run")
     if a.reference is not None and "default" in configs:
         p.error("--reference replaces the `default` configuration: leave `default` out of --configs, or drop "
                 "--reference to sample it in this run")

@@ -307,6 +307,8 @@ E2E_NOTES = {
                        "newest-shape tree, 1.3B, 4 steps after 1",
     "_0364_f35182b": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_f35182b` (@consumer: the RTX 30 / 40 "
                      "configs forced; its step 2 includes a kernel compile)",
+    "_0364_947c1d7": "issues 16, 17: ComfyUI 0.3.64 with this stop's memory changes, 1.3B, 4 steps after a 2-step "
+                     "warm-up (@consumer: the RTX 30 / 40 configs forced; its one-step warm-up run is `_0364_f35182b`)",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
