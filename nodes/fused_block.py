@@ -101,16 +101,31 @@ class BlockOps:
             y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
             del h
             return self.add(x, y, gate)
-        out = x if own_stream else torch.empty_like(x, memory_format=torch.contiguous_format)
+        out = None
         notes: list[str] = []
         for p in pieces:
             rows = slice(p.start, p.stop)
             y = ffn_forward(block.ffn, h[p.batch, rows], self.backend, notes)
-            xs, dst = x[p.batch, rows], out[p.batch, rows]
-            if gate is None:
+            xs = x[p.batch, rows]
+            if (bad := residual_norm.output_reason(xs, y)) is not None and out is None:
+                # an FFN output of another dtype (or layout) than the stream: ComfyUI's add would promote the whole
+                # stream, which a piece cannot; the FFN runs whole, its add as ComfyUI's (nothing written yet)
+                self.fallbacks.append(f"FFN whole: {bad}")
+                del y
+                y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
+                del h
+                return self.add(x, y, gate)
+            if out is None:
+                out = x if own_stream else torch.empty_like(x, memory_format=torch.contiguous_format)
+            dst = out[p.batch, rows]
+            g = None if gate is None else gate[p.batch if gate.shape[0] > 1 else 0,
+                                               rows if gate.shape[1] > 1 else slice(None)]
+            if bad is not None:  # a later piece unlike the first (no module does this): cast into the stream
+                notes.append(f"FFN piece cast to the stream's dtype: {bad}")
+                dst.copy_(xs + y if g is None else torch.addcmul(xs, y, g))
+            elif g is None:
                 torch.add(xs, y, out=dst)
             else:
-                g = gate[p.batch if gate.shape[0] > 1 else 0, rows if gate.shape[1] > 1 else slice(None)]
                 torch.addcmul(xs, y, g, out=dst)
             del y
         self.fallbacks.extend(dict.fromkeys(notes))  # a reason once per block call, as unchunked

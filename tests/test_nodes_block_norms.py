@@ -306,3 +306,27 @@ def test_ffn_in_pieces_off_runs_the_ffn_whole(comfy, pack, tiny_models, monkeypa
         for h in handles:
             h.remove()
     assert rows == [3] * (STEPS * len(dm.blocks))
+
+
+def test_ffn_pieces_with_an_output_of_another_dtype_run_the_ffn_whole_as_comfyui_adds(pack, monkeypatch):  # noqa: F811
+    """An FFN whose output is not the stream's dtype: the first piece shows it, nothing is written, the FFN runs whole
+    and the add is ComfyUI's (which promotes), said in the block's fallbacks."""
+    from comfyui_sparseflow.sparseflow import ffn
+
+    mod = importlib.import_module(f"{PACKAGE}.nodes.fused_block")
+    monkeypatch.setattr(ffn, "CHUNK_MIN_BYTES", 0)
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(24, 8))
+    block = torch.nn.Module()
+    block.ffn, block.ffn_dim = seq.double(), 24
+    x, h, gate = torch.randn(2, 10, 8), torch.randn(2, 10, 8), torch.randn(2, 1, 8)
+    x0 = x.clone()
+    calls = []
+    real = mod.ffn_forward
+    monkeypatch.setattr(mod, "ffn_forward", lambda s, t, b, f: calls.append(t.shape) or real(s, t.double(), b, f))
+    ops = mod.BlockOps("reference", 1e-6, 1e-6, None)
+    out = ops.feed_forward(block, x, h, gate, own_stream=True)
+    assert torch.equal(x, x0)  # nothing written into the stream
+    assert calls[0] == (ffn.token_chunks(2, 10, 8, 24, 4, 0)[0].stop,) + (8,) and calls[-1] == (2, 10, 8)
+    torch.testing.assert_close(out, torch.addcmul(x0, seq(h.double()), gate))
+    assert out.dtype == torch.float64 and ops.fallbacks and ops.fallbacks[0].startswith("FFN whole: ")
