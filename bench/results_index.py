@@ -185,8 +185,9 @@ KERNEL = {
                                             "python3 -m pytest tests/test_prologue.py; SPARSEFLOW_LAUNCH_TIER=consumer "
                                             "python3 -m pytest tests/test_kernels.py tests/test_kernels_int8.py "
                                             "tests/test_kernels_fp8.py", "NVIDIA H200"),
-    "memory_peaks_h200_f35182b.log": ("issue 17: what is alive at the peak, by allocation site (one sampler step per "
-                                      "configuration), 5B / 14B / 1.3B, before and after the FFN pieces' threshold",
+    "memory_peaks_h200_1ff52c9.log": ("issue 17: what is alive at the peak, by allocation site (one sampler step per "
+                                      "configuration), 5B / 14B / 1.3B, before and after the FFN pieces' threshold, 5B "
+                                      "on both trees at 1ff52c9",
                                       "bash bench/run_e2e_gpu.sh trees MODEL --memory-peak CONFIGS (see its header)",
                                       "NVIDIA H200"),
     "gpu_tests_h200_170a858.log": ("GPU tests at 170a858: the int8-qk pre-pass bit for bit with block scales near and "
@@ -298,7 +299,7 @@ E2E_NOTES = {
                      "beside auto",
     "_newest_6195b20": "issue 17: peak memory: the FFN in token pieces (then from a 256 MiB hidden tensor, so 1.3B "
                        "too), norm1's output freed after v, the QK prologue in place; newest-shape tree, 5B and 1.3B, "
-                       "4 steps after 1 (sites at the peak: memory_peaks_h200_f35182b.log)",
+                       "4 steps after 1 (sites at the peak: memory_peaks_h200_1ff52c9.log)",
     "_0364_6195b20": "issue 17: ComfyUI 0.3.64 in the same call as `_newest_6195b20` (1.3B; @consumer: the RTX 30 / 40 "
                      "configs forced)",
     "_newest_4b8876c": "issue 17: 14B 720p on the newest-shape tree with the memory changes (2 steps after 1); 1.3B "
@@ -309,6 +310,9 @@ E2E_NOTES = {
                      "configs forced; its step 2 includes a kernel compile)",
     "_0364_947c1d7": "issues 16, 17: ComfyUI 0.3.64 with this stop's memory changes, 1.3B, 4 steps after a 2-step "
                      "warm-up (@consumer: the RTX 30 / 40 configs forced; its one-step warm-up run is `_0364_f35182b`)",
+    "_newest_1ff52c9": "issue 17: 5B 720p on the newest-shape tree with this stop's final code (the FFN in pieces, "
+                       "norm1 handed over, the in-place prologue), 4 steps after 1",
+    "_0364_1ff52c9": "issue 17: ComfyUI 0.3.64 in the same call as `_newest_1ff52c9`",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
