@@ -51,6 +51,7 @@ class BlockOps:
     def __init__(self, backend: str, eps1: float, eps2: float, norm3: tuple | None, ffn_in_pieces: bool = True) -> None:
         self.backend, self.eps1, self.eps2, self.norm3 = backend, eps1, eps2, norm3
         self.ffn_in_pieces = ffn_in_pieces
+        self.pieces = 0  # the FFN's token pieces in this block call (0: whole)
         self.fallbacks: list[str] = []
 
     def _add_norm(self, s, y, gate, norm, weight=None, bias=None, shift=None, scale=None, eps=1e-6):
@@ -117,6 +118,7 @@ class BlockOps:
                 return self.add(x, y, gate)
             if out is None:
                 out = x if own_stream else torch.empty_like(x, memory_format=torch.contiguous_format)
+            self.pieces += 1
             dst = out[p.batch, rows]
             g = None if gate is None else gate[p.batch if gate.shape[0] > 1 else 0,
                                                rows if gate.shape[1] > 1 else slice(None)]
@@ -195,6 +197,8 @@ def run_block(version, block, args: dict, context_img_len, run, original) -> dic
         return original(args)
     out = version.block_body(block, x, ee, args["pe"], args["txt"], context_img_len, to, ops)
     tel.note_block_norms(FUSED if backend == "triton" else REFERENCE)
+    if ops.pieces:
+        tel.note_ffn_pieces(ops.pieces)
     for kind in ops.fallbacks:
         tel.note_block_norms(kind)
         log_once(("block_norms", kind), "SparseFlow: part of a block ran ComfyUI's ops: %s", kind)

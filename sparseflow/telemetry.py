@@ -39,6 +39,7 @@ class RunTelemetry:
     passthrough: dict[str, int] = field(default_factory=dict)
     prologue: dict[str, int] = field(default_factory=dict)  # FUSED, REFERENCE or why ComfyUI's QK-norm + RoPE ran
     block_norms: dict[str, int] = field(default_factory=dict)  # FUSED, REFERENCE or why a block's own passes ran
+    ffn_pieces: dict[int, int] = field(default_factory=dict)  # pieces per block call -> block calls (fused blocks)
     forward: str = ""  # which ComfyUI Wan forward the fused passes mirror (or why none), said in the summary
     precision: str = "fp16"  # the patch's precision (spec §8), said in the summary when not fp16
 
@@ -47,6 +48,7 @@ class RunTelemetry:
         self.passthrough.clear()
         self.prologue.clear()
         self.block_norms.clear()
+        self.ffn_pieces.clear()
         self.forward = ""
 
     def note_prologue(self, kind: str) -> None:
@@ -54,6 +56,9 @@ class RunTelemetry:
 
     def note_block_norms(self, kind: str) -> None:
         self.block_norms[kind] = self.block_norms.get(kind, 0) + 1
+
+    def note_ffn_pieces(self, pieces: int) -> None:
+        self.ffn_pieces[pieces] = self.ffn_pieces.get(pieces, 0) + 1
 
     def record(self, rec: CallRecord) -> None:
         self.calls.append(rec)
@@ -118,6 +123,8 @@ class RunTelemetry:
                 text += f"; {label}: " + ", ".join(f"{_pass_kind(k)} x{v}" for k, v in counts.items())
         if self.forward and (self.prologue or self.block_norms):
             text += f" ({self.forward})"
+        if self.ffn_pieces:  # the large FFNs that ran in token pieces (lower peak memory)
+            text += "; FFN in token pieces: " + ", ".join(f"{n} per block x{c}" for n, c in self.ffn_pieces.items())
         return text
 
 

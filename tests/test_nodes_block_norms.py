@@ -258,7 +258,10 @@ def test_a_large_ffn_runs_in_token_pieces_with_comfyuis_result(comfy, pack, tiny
     block = dm.blocks[0]
     per_call = len(ffn.token_chunks(2 * batch, 1, block.self_attn.dim, block.ffn_dim, 4, 0))
     assert per_call >= 2 and len(rows) % len(dm.blocks) == 0 and len(rows) // len(dm.blocks) >= STEPS * per_call
-    assert _last(pack, fused_model).block_norms == {"reference": STEPS * 2}
+    tel = _last(pack, fused_model)
+    assert tel.block_norms == {"reference": STEPS * 2}
+    assert tel.ffn_pieces == {per_call: STEPS * 2}  # counted per block call, and said in the summary
+    assert f"; FFN in token pieces: {per_call} per block x{STEPS * 2}" in tel.summary()
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -306,6 +309,7 @@ def test_ffn_in_pieces_off_runs_the_ffn_whole(comfy, pack, tiny_models, monkeypa
         for h in handles:
             h.remove()
     assert rows == [3] * (STEPS * len(dm.blocks))
+    assert _last(pack, m).ffn_pieces == {} and "FFN in token pieces" not in _last(pack, m).summary()
 
 
 def test_ffn_pieces_with_an_output_of_another_dtype_run_the_ffn_whole_as_comfyui_adds(pack, monkeypatch):  # noqa: F811
