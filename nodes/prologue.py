@@ -117,7 +117,9 @@ def hand_over(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | Handof
     """x wrapped in a `Handoff` when `module` (a Wan self-attention) runs SparseFlow's fused forward with no module
     hooks that would see its arguments; else x itself."""
     fused = getattr(getattr(module, "forward", None), "_sparseflow", False)
-    if fused and not (module._forward_pre_hooks or module._forward_hooks):
+    hooks = torch.nn.modules.module
+    if fused and not (module._forward_pre_hooks or module._forward_hooks or hooks._global_forward_pre_hooks
+                      or hooks._global_forward_hooks):
         return Handoff(x)
     return x
 

@@ -264,11 +264,12 @@ def test_a_large_ffn_runs_in_token_pieces_with_comfyuis_result(comfy, pack, tiny
     assert f"; FFN in token pieces: {per_call} per block x{STEPS * 2}" in tel.summary()
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fused,global_hook", [(True, False), (False, False), (True, True)])
 def test_norm1_output_is_freed_before_the_self_attention_runs(comfy, pack, tiny_models, monkeypatch,  # noqa: F811
-                                                              fused):
+                                                              fused, global_hook):
     """With SparseFlow's block body and prologue the block hands norm1's output over (nodes/prologue.py Handoff): it
-    is gone once v is projected, before the attention call; ComfyUI's own block keeps it alive (the control)."""
+    is gone once v is projected, before the attention call; ComfyUI's own block keeps it alive (the control), and so
+    does SparseFlow's when a global module hook would see the call's arguments (it gets the tensor)."""
     import weakref
 
     import comfy.ldm.wan.model as wan_model
@@ -280,19 +281,29 @@ def test_norm1_output_is_freed_before_the_self_attention_runs(comfy, pack, tiny_
                for b in dm.blocks]
     real = wan_model.optimized_attention
 
+    probe = importlib.import_module(f"{PACKAGE}.nodes.context").PROBE_KEY
+
     def attention(q, k, v, *args, **kwargs):
-        if inputs:
-            alive.append(inputs.pop()() is not None)
+        if inputs:  # the behaviour check's calls (a fresh process checks the forwards in the first model call) skipped
+            ref = inputs.pop()
+            if not (kwargs.get("transformer_options") or {}).get(probe):
+                alive.append(ref() is not None)
         return real(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(wan_model, "optimized_attention", attention)
+    seen = []
+    if global_hook:
+        handles.append(torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda mod, a: seen.append(type(a[0]).__name__) if mod in [b.self_attn for b in dm.blocks] else None))
     try:
         _sample(comfy, m)
     finally:
         for h in handles:
             h.remove()
     assert len(alive) == STEPS * len(dm.blocks)
-    assert not any(alive) if fused else all(alive)
+    assert not any(alive) if fused and not global_hook else all(alive)
+    if global_hook:  # every self-attention call (the behaviour check's too) got the tensor itself
+        assert set(seen) == {"Tensor"} and len(seen) >= STEPS * len(dm.blocks)
 
 
 def test_ffn_in_pieces_off_runs_the_ffn_whole(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
