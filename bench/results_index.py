@@ -313,6 +313,9 @@ E2E_NOTES = {
     "_newest_1ff52c9": "issue 17: 5B 720p on the newest-shape tree with this stop's final code (the FFN in pieces, "
                        "norm1 handed over, the in-place prologue), 4 steps after 1",
     "_0364_1ff52c9": "issue 17: ComfyUI 0.3.64 in the same call as `_newest_1ff52c9`",
+    "_newest_748e614": "issues 16, 17: 1.3B at this stop's last commit, newest-shape tree, 4 steps after 1 (the FFN "
+                       "whole at 1.3B 480p; the row's memory_at_peak has the sites at the peak)",
+    "_0364_748e614": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_748e614`",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
