@@ -365,7 +365,8 @@ def main() -> None:
         a.model = "tiny"
     a.breakdown = [x for x in a.breakdown.split(",") if x]
     configs = [c for c in a.configs.split(",") if c]
-    unknown = [c for c in a.memory_peak.split(",") if c and c not in configs]
+    peaks = [c for c in a.memory_peak.split(",") if c]
+    unknown = [c for c in peaks if c not in configs]
     if unknown:
         p.error(f"--memory-peak names {', '.join(unknown)}, which --configs ({a.configs}) does not run")
     if a.reference is not None and "default" in configs:
@@ -417,20 +418,22 @@ def main() -> None:
                                                                   "peak_gib", "timed_steps")}}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in configs:
-        bench.run(name)   # with --tiny, sage and sol_attn run their CPU fallbacks (code path only)
-        text = table(info, bench.results, bench.reference)  # JSON after each configuration: a killed run keeps its rows
+
+    def save() -> None:  # the JSON of every row so far
         (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
                                                                   "rows": bench.results}, indent=1, default=str))
+
+    for name in configs:
+        bench.run(name)   # with --tiny, sage and sol_attn run their CPU fallbacks (code path only)
+        text = table(info, bench.results, bench.reference)
+        save()  # after each configuration: a killed run keeps its rows
     print(f"\n{json.dumps(env)}\n{text}")
     for name in [c for c in a.profile.split(",") if c]:
         profile(bench, name, out)
-    peaks = [c for c in a.memory_peak.split(",") if c]
     for name in peaks:
         memory_peak(bench, name, out, a.tag)
     if peaks:
-        (out / f"e2e_{info['model']}{a.tag}.json").write_text(json.dumps({"env": env, "model": info,
-                                                                  "rows": bench.results}, indent=1, default=str))
+        save()  # with the rows' memory_at_peak
 
 
 if __name__ == "__main__":

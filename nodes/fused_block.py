@@ -99,9 +99,7 @@ class BlockOps:
         takes = isinstance(ffn_dim, int) and h.dim() == 3 and h.is_contiguous() and x.shape == h.shape
         pieces = ffn.token_chunks(*h.shape, ffn_dim, h.element_size()) if self.ffn_in_pieces and takes else []
         if not pieces:
-            y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
-            del h
-            return self.add(x, y, gate)
+            return self._ffn_whole(block, x, h, gate)
         out = None
         notes: list[str] = []
         for p in pieces:
@@ -113,12 +111,9 @@ class BlockOps:
                 # stream, which a piece cannot; the FFN runs whole, its add as ComfyUI's (nothing written yet)
                 self.fallbacks.append(f"FFN whole: {bad}")
                 del y
-                y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
-                del h
-                return self.add(x, y, gate)
+                return self._ffn_whole(block, x, h, gate)
             if out is None:
                 out = x if own_stream else torch.empty_like(x, memory_format=torch.contiguous_format)
-            self.pieces += 1
             dst = out[p.batch, rows]
             g = None if gate is None else gate[p.batch if gate.shape[0] > 1 else 0,
                                                rows if gate.shape[1] > 1 else slice(None)]
@@ -130,8 +125,15 @@ class BlockOps:
             else:
                 torch.addcmul(xs, y, g, out=dst)
             del y
+        self.pieces = len(pieces)
         self.fallbacks.extend(dict.fromkeys(notes))  # a reason once per block call, as unchunked
         return out
+
+    def _ffn_whole(self, block, x, h, gate):
+        """x + FFN(h) * gate with the FFN in one piece, the add through `add` (the kernel or ComfyUI's op)."""
+        y = ffn_forward(block.ffn, h, self.backend, self.fallbacks)
+        del h
+        return self.add(x, y, gate)
 
 
 def ffn_forward(seq: torch.nn.Module, h: torch.Tensor, backend: str, fallbacks: list[str]) -> torch.Tensor:
