@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"ulysses_{args.model}_p{world}.json").write_text(json.dumps(rows, indent=1))
+    dist.barrier()  # no rank tears its connections down while another is still in a collective or writing
     dist.destroy_process_group()
 
 

@@ -16,11 +16,23 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench" / "bench_ulysses.py"
 
 
-def _torchrun(nproc: int, out: Path) -> None:
+# A rank of a CPU (gloo) run can abort in the C++ teardown after its work is done (CI, 2026-12-04: rank 1 died with
+# "terminate called without an active exception" after every row was printed and the JSON written). That abort,
+# and only that one, gets one more run; any other failure, or the same abort twice, fails the test.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _torchrun(nproc: int, out: Path, attempts: int = 2) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(BENCH),
            "--tiny", "--out", str(out)]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    for attempt in range(attempts):
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        written = (out / f"ulysses_tiny_p{nproc}.json").exists()
+        if res.returncode == 0 or not (written and TEARDOWN_ABORT in res.stderr) or attempt == attempts - 1:
+            break
+        print(f"torchrun P={nproc}: a rank aborted in its teardown after the work was done; running it once more")
+        (out / f"ulysses_tiny_p{nproc}.json").unlink()
     assert res.returncode == 0, f"torchrun exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
 
 
