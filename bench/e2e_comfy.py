@@ -19,6 +19,8 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
                    sparseflow_fp16: precision fp16 (what "auto" is not on the consumer tier)
   sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
   sparseflow_spNNN the same with the Patch node's sparsity slider at NNN/100 (e.g. sparseflow_sp030)
+  sparseflow_edgeNN the same with the routing preset's two dense edge layers (the first and the last) routed sparse
+                   at temporal window NN, every head (e.g. sparseflow_edge04): what the dense edge layers cost
   sparseflow_cal   the same with a routing map calibrated on the first step's q/k/v (bench/e2e/calibration.py)
   compare          the SparseFlow Compare node's own functions (nodes/compare.py) on the `sparseflow` patch: the
                    patched and the dense sampling (sample_pair) plus the latent-space report (compare_results);
@@ -61,6 +63,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 __import__("pack_package").load_pack_package()  # repo root: `bench.e2e.*`; tests/: the pack loader
 
 from comfyui_sparseflow.kernels.configs import TIER_ENV  # noqa: E402
+from comfyui_sparseflow.sparseflow.routing import SPARSE, RoutingMap, routing_preset  # noqa: E402
 from comfyui_sparseflow.sparseflow.schedule import SCHEDULE_PRESETS, schedule_preset  # noqa: E402
 
 from bench.e2e import boot  # noqa: E402
@@ -77,6 +80,18 @@ log = logging.getLogger("sparseflow.bench.e2e")
 # the Patch node's `precision` choices other than its default "auto", as configuration names
 PRECISION_CONFIGS = {"sparseflow_fp16": "fp16", "sparseflow_int8qk": "int8-qk", "sparseflow_fp8": "fp8"}
 BASE_CONFIGS = ("default", "sage", "sol_attn", "sparseflow", "sparseflow_cal")
+
+
+def sparse_edges(layers: int, heads: int, window: int) -> RoutingMap:
+    """The default routing preset with its two dense edge layers (the first and the last) routed sparse at a fixed
+    temporal window, every head: the `sparseflow_edgeNN` configurations."""
+    base = routing_preset("heuristic", layers, heads)
+    routes, win = base.routes.clone(), base.window.clone()
+    for layer in {0, layers - 1}:
+        routes[layer] = SPARSE
+        win[layer] = window
+    return RoutingMap(routes, win, base.topk.clone(), None, base.family, f"bench:heuristic, edge layers sparse "
+                      f"at window {window}")
 
 
 def _bytes_by_dtype(module: torch.nn.Module) -> dict[str, float]:
@@ -172,6 +187,10 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
         elif base.startswith("sparseflow_sp") and base[len("sparseflow_sp"):].isdigit():  # e.g. sparseflow_sp030
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, sparsity=int(base[len("sparseflow_sp"):]) / 100)
+        elif base.startswith("sparseflow_edge") and base[len("sparseflow_edge"):].isdigit():  # sparseflow_edge04
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend,
+                                               routing=sparse_edges(self.bench.layers, self.bench.heads,
+                                                                    int(base[len("sparseflow_edge"):])))
         elif base.startswith("sparseflow_") and base[len("sparseflow_"):] in SCHEDULE_PRESETS:  # sparseflow_quality
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend,
                                                schedule=schedule_preset(base[len("sparseflow_"):]))

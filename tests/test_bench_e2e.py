@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from comfy_env import comfy_path, requires_comfy  # noqa: I001 - tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +141,22 @@ def test_memory_peak_replays_the_trace_to_the_peak_and_sums_what_is_alive_by_sit
     peak, sites = peak_sites(trace)
     assert peak == 280  # k + both ffn blocks; q was freed before, o comes after
     assert sites == [("ffn.py:7 ffn", 230, 2), ("k.py:7 k", 50, 1)]
+
+
+def test_the_edge_configuration_routes_the_presets_dense_edge_layers_sparse(tmp_path):
+    """sparseflow_edgeNN: the heuristic preset with its first and last layer sparse at window NN, every head (the
+    tiny bench model: 4 layers x 2 heads, so the default patch has 4 dense heads and this one none)."""
+    import importlib
+
+    e2e = importlib.import_module("bench.e2e_comfy")
+    rmap = e2e.sparse_edges(30, 12, 4)
+    base = e2e.routing_preset("heuristic", 30, 12)
+    assert rmap.counts()["dense"] == 0 and base.counts()["dense"] == 24
+    assert (rmap.window[[0, 29]] == 4).all() and (rmap.window[1:29] == -1).all()
+    assert torch.equal(rmap.routes[1:29], base.routes[1:29])
+    data = _run(tmp_path, "--configs", "default,sparseflow,sparseflow_edge01", "--steps", "2", "--breakdown", "")
+    rows = {r["config"]: r for r in data["rows"]}
+    assert rows["sparseflow_edge01"]["status"] == "ok", rows["sparseflow_edge01"]
+    assert "heads sparse 8 / linear 0 / dense 0," in rows["sparseflow_edge01"]["sparseflow_summary"]
+    assert "heads sparse 4 / linear 0 / dense 4," in rows["sparseflow"]["sparseflow_summary"]
+    assert rows["sparseflow_edge01"]["rel_err"] > 0
