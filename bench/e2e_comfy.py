@@ -82,6 +82,12 @@ PRECISION_CONFIGS = {"sparseflow_fp16": "fp16", "sparseflow_int8qk": "int8-qk", 
 BASE_CONFIGS = ("default", "sage", "sol_attn", "sparseflow", "sparseflow_cal")
 
 
+def _number_after(name: str, prefix: str) -> int | None:
+    """NNN of a configuration named `prefix` + digits (sparseflow_sp030 -> 30), else None."""
+    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(rest) if rest.isdigit() else None
+
+
 def sparse_edges(layers: int, heads: int, window: int) -> RoutingMap:
     """The default routing preset with its two dense edge layers (the first and the last) routed sparse at a fixed
     temporal window, every head: the `sparseflow_edgeNN` configurations."""
@@ -185,12 +191,11 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, ffn_in_pieces=False)
         elif base == "sparseflow_noblock":  # ComfyUI's own block adds + norms: isolates the fused blocks' gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
-        elif base.startswith("sparseflow_sp") and base[len("sparseflow_sp"):].isdigit():  # e.g. sparseflow_sp030
-            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, sparsity=int(base[len("sparseflow_sp"):]) / 100)
-        elif base.startswith("sparseflow_edge") and base[len("sparseflow_edge"):].isdigit():  # sparseflow_edge04
+        elif (sp := _number_after(base, "sparseflow_sp")) is not None:  # e.g. sparseflow_sp030
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, sparsity=sp / 100)
+        elif (window := _number_after(base, "sparseflow_edge")) is not None:  # e.g. sparseflow_edge04
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend,
-                                               routing=sparse_edges(self.bench.layers, self.bench.heads,
-                                                                    int(base[len("sparseflow_edge"):])))
+                                               routing=sparse_edges(self.bench.layers, self.bench.heads, window))
         elif base.startswith("sparseflow_") and base[len("sparseflow_"):] in SCHEDULE_PRESETS:  # sparseflow_quality
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend,
                                                schedule=schedule_preset(base[len("sparseflow_"):]))
