@@ -6,7 +6,8 @@ loads each token's whole row of q and of k (the norm reduces over all heads, C =
 fp32, multiplies by the weight, rotates each (even, odd) pair by the token's RoPE matrix and stores in the
 input dtype. Rows are loaded and stored contiguously (vectorised); the (even, odd) pairs are split and joined
 in registers. The RoPE table is ComfyUI's own `freqs` tensor, (Bf, L, 1, D/2, 2, 2) fp32 (Bf = 1 or B),
-read through its batch and token strides, once for q and k together.
+read through its batch and token strides, once for q and k together, and (D a power of two, as in Wan) once per
+token: one head's D/2 matrices, broadcast over the row's heads.
 Reference: `sparseflow.prologue.norm_rope_reference`.
 """
 
@@ -23,8 +24,12 @@ __all__ = ["norm_rope_qk"]
 
 @triton.jit
 def _norm_rope_one(x_ptr, s_xb, s_xl, w_ptr, o_ptr, s_ob, s_ol, b, l_idx, t_ok, f00, f01, f10, f11, eps,
-                   C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """One of q / k: contiguous (vectorised) row loads, pairs split in registers, rows stored contiguous."""
+                   C: tl.constexpr, HALF_D: tl.constexpr, PER_HEAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """One of q / k: contiguous (vectorised) row loads, pairs split in registers, rows stored contiguous.
+
+    f00 .. f11: the rotation matrices, (BLOCK_T, 1, HALF_D) with PER_HEAD (one head's, broadcast over the row's
+    heads), else (BLOCK_T, BLOCK_C // 2), one per pair of the row."""
     col = tl.arange(0, BLOCK_C)
     ok = t_ok[:, None] & (col < C)[None, :]
     x = tl.load(x_ptr + b[:, None] * s_xb + l_idx[:, None] * s_xl + col[None, :], mask=ok, other=0.0)
@@ -32,7 +37,10 @@ def _norm_rope_one(x_ptr, s_xb, s_xl, w_ptr, o_ptr, s_ob, s_ol, b, l_idx, t_ok, 
     w = tl.load(w_ptr + col, mask=col < C, other=0.0).to(tl.float32)
     r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / C + eps)
     y = x * r[:, None] * w[None, :]
-    y0, y1 = tl.split(tl.reshape(y, (BLOCK_T, BLOCK_C // 2, 2)))
+    if PER_HEAD:  # column h * D + 2 i + e is element e of pair i of head h (BLOCK_C = BLOCK_H * D)
+        y0, y1 = tl.split(tl.reshape(y, (BLOCK_T, BLOCK_C // (2 * HALF_D), HALF_D, 2)))
+    else:  # column 2 j + e is element e of pair j
+        y0, y1 = tl.split(tl.reshape(y, (BLOCK_T, BLOCK_C // 2, 2)))
     out = tl.reshape(tl.join(f00 * y0 + f01 * y1, f10 * y0 + f11 * y1), (BLOCK_T, BLOCK_C))
     tl.store(o_ptr + b[:, None] * s_ob + l_idx[:, None] * s_ol + col[None, :], out.to(o_ptr.dtype.element_ty),
              mask=ok)
@@ -42,29 +50,36 @@ def _norm_rope_one(x_ptr, s_xb, s_xl, w_ptr, o_ptr, s_ob, s_ol, b, l_idx, t_ok, 
 def _norm_rope_kernel(q_ptr, k_ptr, wq_ptr, wk_ptr, f_ptr, oq_ptr, ok_ptr,
                       s_qb, s_ql, s_kb, s_kl, s_ob, s_ol, s_fb, s_fl,
                       rows, L, eps,
-                      C: tl.constexpr, HALF_D: tl.constexpr, F_BATCHED: tl.constexpr,
+                      C: tl.constexpr, HALF_D: tl.constexpr, F_BATCHED: tl.constexpr, PER_HEAD: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     t = pid * BLOCK_T + tl.arange(0, BLOCK_T)               # flat token index b * L + l
     t_ok = t < rows
     b = t // L
     l_idx = t - b * L
-    # RoPE matrices of each pair j = 0 .. C/2 - 1 (pair i = j % (D/2) of its head): the table's (D/2, 2, 2)
-    # block is contiguous, so one 16-byte load per pair, split into its four entries
-    j = tl.arange(0, BLOCK_C // 2)
+    # RoPE matrices: the table's (D/2, 2, 2) block is contiguous, so one 16-byte load per pair, split into its
+    # four entries. PER_HEAD (D a power of two): the D/2 matrices of one head, loaded once per token and
+    # broadcast over its heads; else one per pair j = 0 .. C/2 - 1 of the row (pair j % (D/2) of its head).
     e = tl.arange(0, 4)
     fb = b if F_BATCHED else b * 0
-    f_off = (fb[:, None, None] * s_fb + l_idx[:, None, None] * s_fl + (j % HALF_D)[None, :, None] * 4
-             + e[None, None, :])
-    f_ok = t_ok[:, None, None] & (j < C // 2)[None, :, None] & (e < 4)[None, None, :]
-    f = tl.reshape(tl.load(f_ptr + f_off, mask=f_ok, other=0.0), (BLOCK_T, BLOCK_C // 2, 2, 2))
+    if PER_HEAD:
+        i = tl.arange(0, HALF_D)
+        f_off = fb[:, None, None] * s_fb + l_idx[:, None, None] * s_fl + i[None, :, None] * 4 + e[None, None, :]
+        f_ok = t_ok[:, None, None] & (i < HALF_D)[None, :, None] & (e < 4)[None, None, :]
+        f = tl.reshape(tl.load(f_ptr + f_off, mask=f_ok, other=0.0), (BLOCK_T, 1, HALF_D, 2, 2))
+    else:
+        j = tl.arange(0, BLOCK_C // 2)
+        f_off = (fb[:, None, None] * s_fb + l_idx[:, None, None] * s_fl + (j % HALF_D)[None, :, None] * 4
+                 + e[None, None, :])
+        f_ok = t_ok[:, None, None] & (j < C // 2)[None, :, None] & (e < 4)[None, None, :]
+        f = tl.reshape(tl.load(f_ptr + f_off, mask=f_ok, other=0.0), (BLOCK_T, BLOCK_C // 2, 2, 2))
     fr0, fr1 = tl.split(f)                                  # split the column index c: [f[r][0]], [f[r][1]]
     f00, f10 = tl.split(fr0)
     f01, f11 = tl.split(fr1)
     _norm_rope_one(q_ptr, s_qb, s_ql, wq_ptr, oq_ptr, s_ob, s_ol, b, l_idx, t_ok, f00, f01, f10, f11, eps,
-                   C, BLOCK_T, BLOCK_C)
+                   C, HALF_D, PER_HEAD, BLOCK_T, BLOCK_C)
     _norm_rope_one(k_ptr, s_kb, s_kl, wk_ptr, ok_ptr, s_ob, s_ol, b, l_idx, t_ok, f00, f01, f10, f11, eps,
-                   C, BLOCK_T, BLOCK_C)
+                   C, HALF_D, PER_HEAD, BLOCK_T, BLOCK_C)
 
 
 def launch_shape(c: int) -> tuple[int, int, int]:
@@ -102,5 +117,6 @@ def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.T
                             freqs.stride(0), freqs.stride(1),
                             rows, length, float(eps),
                             C=c, HALF_D=head_dim // 2, F_BATCHED=freqs.shape[0] > 1,
+                            PER_HEAD=head_dim & (head_dim - 1) == 0,
                             BLOCK_T=block_t, BLOCK_C=block_c, num_warps=warps)
     return oq, ok

@@ -152,7 +152,7 @@ def norm_rope_launch(channels: int) -> Launch:
     block_t, block_c, warps = norm_rope.launch_shape(channels)
     ptrs = {"q_ptr": "fp16", "k_ptr": "fp16", "wq_ptr": "fp16", "wk_ptr": "fp16", "f_ptr": "fp32",
             "oq_ptr": "fp16", "ok_ptr": "fp16"}
-    consts = dict(C=channels, HALF_D=64, F_BATCHED=False, BLOCK_T=block_t, BLOCK_C=block_c)
+    consts = dict(C=channels, HALF_D=64, F_BATCHED=False, PER_HEAD=True, BLOCK_T=block_t, BLOCK_C=block_c)
     return Launch(norm_rope._norm_rope_kernel, ptrs, ("eps",), ("rows", "L"), consts, warps, 3)
 
 

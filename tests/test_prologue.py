@@ -101,6 +101,11 @@ def test_kernel_matches_reference_non_power_of_two_dim_odd_length(dtype):
     _kernel_case(batch=1, length=37, heads=3, head_dim=64, dtype=dtype, f_batch=1)
 
 
+def test_kernel_head_dim_not_a_power_of_two_reads_the_table_per_pair():
+    # D = 48: the kernel cannot broadcast one head's matrices over a power-of-two row tile, so it reads them per pair
+    _kernel_case(batch=1, length=9, heads=4, head_dim=48, dtype=torch.float16, f_batch=1, seed=6)
+
+
 def test_kernel_cfg_batch_with_per_batch_table_head_dim_128_and_strided_rows():
     _kernel_case(batch=2, length=21, heads=2, head_dim=128, dtype=torch.float16, f_batch=2, strided=True, seed=3)
 
