@@ -183,6 +183,9 @@ class Bench:
             notes["sigma_window"] = [notes["sol_patch"].sigma_end, notes["sol_patch"].sigma_start]
         elif base == "sparseflow":
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend)
+        elif base == "sparseflow_dense_edges":  # the `heuristic` preset: first and last layers dense (before 2026-12)
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend,
+                                               routing=routing_preset("heuristic", self.bench.layers, self.bench.heads))
         elif base == "sparseflow_nofuse":  # ComfyUI's own QK-norm + RoPE: isolates the fused prologue's gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_qk_norm_rope=False)
         elif base in PRECISION_CONFIGS:  # sparseflow_int8qk / sparseflow_fp8: the Patch node's precision (spec §8)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..sparseflow.plan import BLOCKS, FP8, FP16, INT8_QK, LINEAR_KINDS, PRECISIONS, PrecisionChoice
-from ..sparseflow.routing import RoutingMap, parse_overrides, routing_preset, routing_to_json, summary, with_overrides
+from ..sparseflow.routing import (
+    DEFAULT_ROUTING,
+    RoutingMap,
+    parse_overrides,
+    routing_preset,
+    routing_to_json,
+    summary,
+    with_overrides,
+)
 from ..sparseflow.schedule import DEFAULT_SCHEDULE, Schedule, describe, scaled, schedule_preset
 from .config import SPARSEFLOW_KEY, PatchConfig
 from .hook import diffusion_model_wrapper, make_block_patch, on_prepare_state, outer_sample_wrapper
@@ -129,8 +137,8 @@ def check_precision(precision: str) -> None:
 
 
 def resolve_routing(routing: RoutingMap | None, overrides: str | Mapping[str, str], info: WanInfo) -> RoutingMap:
-    """The map to apply: the given one (or the default heuristic preset) plus overrides, shape-checked."""
-    rmap = routing if routing is not None else routing_preset("heuristic", info.layers, info.heads, info.family)
+    """The map to apply: the given one (or the default preset, DEFAULT_ROUTING) plus overrides, shape-checked."""
+    rmap = routing if routing is not None else routing_preset(DEFAULT_ROUTING, info.layers, info.heads, info.family)
     if (rmap.layers, rmap.heads) != (info.layers, info.heads):
         raise ValueError(f"SparseFlow: the routing map is {rmap.layers}x{rmap.heads} (layers x heads) but the "
                          f"model ({info.model_type}, {info.family}) has {info.layers}x{info.heads}; set layers="

@@ -143,9 +143,10 @@ def test_memory_peak_replays_the_trace_to_the_peak_and_sums_what_is_alive_by_sit
     assert sites == [("ffn.py:7 ffn", 230, 2), ("k.py:7 k", 50, 1)]
 
 
-def test_the_edge_configuration_routes_the_presets_dense_edge_layers_sparse(tmp_path):
-    """sparseflow_edgeNN: the heuristic preset with its first and last layer sparse at window NN, every head (the
-    tiny bench model: 4 layers x 2 heads, so the default patch has 4 dense heads and this one none)."""
+def test_the_edge_configurations_route_the_first_and_last_layers(tmp_path):
+    """sparseflow_edgeNN: the heuristic preset with its first and last layer sparse at window NN, every head;
+    sparseflow_dense_edges: the heuristic preset itself (the default before heuristic_sparse_edges). The tiny bench
+    model has 4 layers x 2 heads: 4 dense heads in sparseflow_dense_edges, none in the others."""
     import importlib
 
     e2e = importlib.import_module("bench.e2e_comfy")
@@ -154,9 +155,12 @@ def test_the_edge_configuration_routes_the_presets_dense_edge_layers_sparse(tmp_
     assert rmap.counts()["dense"] == 0 and base.counts()["dense"] == 24
     assert (rmap.window[[0, 29]] == 4).all() and (rmap.window[1:29] == -1).all()
     assert torch.equal(rmap.routes[1:29], base.routes[1:29])
-    data = _run(tmp_path, "--configs", "default,sparseflow,sparseflow_edge01", "--steps", "2", "--breakdown", "")
+    data = _run(tmp_path, "--configs", "default,sparseflow,sparseflow_edge01,sparseflow_dense_edges", "--steps", "2",
+                "--breakdown", "")
     rows = {r["config"]: r for r in data["rows"]}
-    assert rows["sparseflow_edge01"]["status"] == "ok", rows["sparseflow_edge01"]
+    for name in ("sparseflow", "sparseflow_edge01", "sparseflow_dense_edges"):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert rows[name]["rel_err"] > 0
     assert "heads sparse 8 / linear 0 / dense 0," in rows["sparseflow_edge01"]["sparseflow_summary"]
-    assert "heads sparse 4 / linear 0 / dense 4," in rows["sparseflow"]["sparseflow_summary"]
-    assert rows["sparseflow_edge01"]["rel_err"] > 0
+    assert "heads sparse 8 / linear 0 / dense 0," in rows["sparseflow"]["sparseflow_summary"]
+    assert "heads sparse 4 / linear 0 / dense 4," in rows["sparseflow_dense_edges"]["sparseflow_summary"]

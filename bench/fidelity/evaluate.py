@@ -37,7 +37,7 @@ log = logging.getLogger("sparseflow.bench.fidelity.evaluate")
 EVAL_SEED = 10**9
 CALIB_SEED = 2 * 10**9
 BUDGETS = (0.05, 0.1, 0.2)
-PRESET_ROUTINGS = ("all_sparse", "heuristic", "alternating")
+PRESET_ROUTINGS = ("all_sparse", "heuristic", "heuristic_sparse_edges", "alternating")
 PRESET_SCHEDULES = ("fast", "balanced", "quality")
 # two schedules between `quality` and dense, with the heuristic routing: points on the speed axis next to
 # sol_attn's fastest settings (2.6-2.8x at the 1.3B shape), so PSNR is compared at about equal speed
