@@ -231,6 +231,17 @@ KERNEL = {
     "sweep_h100_v3.md": ("the table of sweep_h100_v3.json", "(written by the same run)", "NVIDIA H100 80GB HBM3"),
     "prologue_h100.json": ("fused QK-norm + RoPE vs ComfyUI 0.3.64's path at the three Wan shapes",
                            "bash bench/run_gpu.sh prologue", None),
+    "prologue_h200_f813e22.txt": ("fused QK-norm + RoPE vs ComfyUI 0.3.64's path, the kernel before 0f93c2f (RoPE "
+                                  "matrices read per pair of every head)", "python3 bench/bench_prologue.py",
+                                  "NVIDIA H200"),
+    "prologue_h200_0f93c2f.txt": ("the same after 0f93c2f (one head's RoPE matrices per token, broadcast over its "
+                                  "heads), same call as prologue_h200_f813e22.txt",
+                                  "python3 bench/bench_prologue.py", "NVIDIA H200"),
+    "gpu_run_h200_prologue_edges_f813e22.log": ("one call: the two prologue benches, tests/test_prologue.py with "
+                                                "0f93c2f's kernel (11 passed on the H200's tier, 11 with the consumer "
+                                                "tier forced), then the sparseflow_edgeNN e2e rows (1.3B, 5B)",
+                                                "bash .ab/callA.sh (the commands are in the log's === lines)",
+                                                "NVIDIA H200"),
     "ncu_h200_5b_30f771b.txt": ("Nsight Compute: 5B windows 0 and 2 vs 1.3B window 0 (per-program fixed cost)",
                                 "CASES=w0_5b,w2_5b,w0_13b bash bench/run_gpu.sh profile", "NVIDIA H200"),
     "ncu_h100_lut_6f73ecf.txt": ("Nsight Compute: random LUT masks vs window 0 (the gather's cost)",
@@ -316,6 +327,15 @@ E2E_NOTES = {
     "_newest_748e614": "issues 16, 17: 1.3B at this stop's last commit, newest-shape tree, 4 steps after 1 (the FFN "
                        "whole at 1.3B 480p; the row's memory_at_peak has the sites at the peak)",
     "_0364_748e614": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_748e614`",
+    "_newest_f813e22": "issue 17: what the dense edge layers cost: sparseflow_edge02 / _edge04 (first and last layer "
+                       "sparse at window 2 / 4) beside the defaults, sol_attn and quality; 1.3B and 5B, 4 steps "
+                       "after 1",
+    "_0364_f813e22": "issue 17: ComfyUI 0.3.64 in the same call as `_newest_f813e22` (1.3B)",
+    "_newest_ef13fc0": "issues 16, 17: the default routing heuristic_sparse_edges and 0f93c2f's prologue; "
+                       "sparseflow_dense_edges = the old default; 1.3B and 5B 4 steps after 1, 14B 2 steps after 1",
+    "_0364_ef13fc0": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_ef13fc0` (1.3B)",
+    "_newest_ef13fc0b": "issue 17: 5B, what the FFN's token pieces cost at ef13fc0: sparseflow_ffnwhole beside the "
+                        "defaults (a later call than `_newest_ef13fc0`), 4 steps after 1",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "

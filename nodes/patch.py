@@ -273,7 +273,8 @@ class SparseFlowPatch(io.ComfyNode):
                                            "preset (window 0 early, 1 mid, 2 late)."),
                 RoutingType.Input("routing", optional=True,
                                   tooltip="Per-head routes from SparseFlow Routing or SparseFlow Calibrate; "
-                                          "default: the heuristic preset for this model's layers x heads."),
+                                          f"default: the {DEFAULT_ROUTING} preset for this model's layers x "
+                                          "heads."),
                 io.Float.Input("sparsity", default=0.5, min=0.0, max=1.0, step=0.05, tooltip=_TIP_SPARSITY),
                 io.Int.Input("window", default=-1, min=-1, max=64, step=1, tooltip=_TIP_WINDOW),
                 io.Int.Input("anchor_frames", default=1, min=0, max=8, step=1,

@@ -14,6 +14,8 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from ..sparseflow.routing import (
+    DEFAULT_ROUTING,
+    EDGE_WINDOW,
     FAMILIES,
     MAX_DIM,
     ROUTING_PRESETS,
@@ -127,10 +129,13 @@ class SparseFlowRouting(io.ComfyNode):
                          "frame) or dense. A preset or a map file from models/sparseflow, plus per-head changes in "
                          "the grid. Connect to SparseFlow Patch."),
             inputs=[
-                io.Combo.Input("preset", options=list(ROUTING_PRESETS), default="heuristic",
-                               tooltip="heuristic: first and last layer dense, 2 of every 3 heads sparse, 1 linear; "
-                                       "all_sparse / all_linear / all_dense; alternating: even heads sparse, odd "
-                                       "linear. Used when no file is chosen."),
+                io.Combo.Input("preset", options=list(ROUTING_PRESETS), default=DEFAULT_ROUTING,
+                               tooltip="heuristic_sparse_edges (default): 2 of every 3 heads sparse, 1 linear; the "
+                                       "first and last layer sparse in every head at a fixed window of "
+                                       f"{EDGE_WINDOW} latent frames. heuristic: the same with the first and last "
+                                       "layer dense (slower, the default before 2026-12). all_sparse / all_linear / "
+                                       "all_dense; alternating: even heads sparse, odd linear. Used when no file is "
+                                       "chosen."),
                 io.Combo.Input("file", options=[NO_FILE, *routing_files()], default=NO_FILE,
                                tooltip="A routing map from models/sparseflow (SparseFlow Calibrate + Save Routing). "
                                        "Its layers x heads win over the widgets below."),

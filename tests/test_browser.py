@@ -139,4 +139,4 @@ def test_grid_math_graph_and_compare_plot_unit_tests_pass_under_node():
              str(BROWSER / "compare_plot.test.mjs")]
     proc = subprocess.run(["node", "--test", *files], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout and "# pass 10" in proc.stdout, proc.stdout[-1000:]
+    assert "# fail 0" in proc.stdout and "# pass 11" in proc.stdout, proc.stdout[-1000:]

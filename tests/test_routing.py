@@ -10,6 +10,7 @@ import torch
 from comfyui_sparseflow.sparseflow.routing import (
     DEFAULT_ROUTING,
     DENSE,
+    EDGE_WINDOW,
     LINEAR,
     ROUTING_PRESETS,
     SPARSE,
@@ -54,8 +55,7 @@ def good_file(tmp_path):
 # -- presets -------------------------------------------------------------------------------------------------
 
 
-def test_heuristic_preset_is_default_with_dense_ends_and_every_third_head_linear():
-    assert DEFAULT_ROUTING == "heuristic"
+def test_heuristic_preset_has_dense_ends_and_every_third_head_linear():
     m = routing_preset("heuristic", 40, 40, "wan2.1")
     assert m.head_routes(0) == (DENSE,) * 40 and m.head_routes(39) == (DENSE,) * 40
     assert m.head_routes(5)[:6] == (SPARSE, SPARSE, LINEAR, SPARSE, SPARSE, LINEAR)
@@ -65,12 +65,28 @@ def test_heuristic_preset_is_default_with_dense_ends_and_every_third_head_linear
     assert m.head_window(3) == (-1,) * 40 and m.head_topk(3) == (-1,) * 40
 
 
+def test_default_preset_routes_the_edge_layers_sparse_at_a_fixed_window():
+    """heuristic_sparse_edges (the default): heuristic's middle layers; its first and last layers sparse in every
+    head at EDGE_WINDOW, the only heads whose window does not follow the schedule."""
+    assert DEFAULT_ROUTING == "heuristic_sparse_edges" and EDGE_WINDOW == 2
+    m = routing_preset(DEFAULT_ROUTING, 40, 40, "wan2.1")
+    base = routing_preset("heuristic", 40, 40, "wan2.1")
+    assert m.head_routes(0) == (SPARSE,) * 40 and m.head_routes(39) == (SPARSE,) * 40
+    assert torch.equal(m.routes[1:39], base.routes[1:39])
+    assert m.head_window(0) == (2,) * 40 and m.head_window(39) == (2,) * 40
+    assert (m.window[1:39] == -1).all() and (m.topk == -1).all()
+    assert m.counts() == {"dense": 0, "sparse": 38 * 27 + 80, "linear": 38 * 13}
+    assert m.made_by == "preset:heuristic_sparse_edges" and m.family == "wan2.1" and m.error is None
+    assert routing_preset(DEFAULT_ROUTING, 1, 4).head_window(0) == (2,) * 4  # one layer: first and last
+
+
 @pytest.mark.parametrize("name, counts", [
     ("all_sparse", {"dense": 0, "sparse": 15, "linear": 0}),
     ("all_linear", {"dense": 0, "sparse": 0, "linear": 15}),
     ("all_dense", {"dense": 15, "sparse": 0, "linear": 0}),
     ("alternating", {"dense": 0, "sparse": 9, "linear": 6}),
     ("heuristic", {"dense": 10, "sparse": 4, "linear": 1}),  # layers 0 and 2 dense; layer 1: head 2 linear
+    ("heuristic_sparse_edges", {"dense": 0, "sparse": 14, "linear": 1}),  # layers 0 and 2 all sparse
 ])
 def test_preset_counts(name, counts):
     m = routing_preset(name, 3, 5)
@@ -363,3 +379,15 @@ def test_file_level_problems_are_named(tmp_path, good_file):
     with pytest.raises(RoutingFileError, match="shape is 6x8 \\(layers x heads\\) but the model has 40x40"):
         load_routing(good_file, expect_shape=(40, 40))
     assert issubclass(RoutingFileError, ValueError)
+
+
+def test_the_widgets_js_mirror_lists_the_same_presets_and_default():
+    """web/js/routing_math.js draws the grid before a run from its own copy of the presets: the names and the
+    default must be Python's (the routes themselves are checked under node in tests/browser/routing_math.test.mjs)."""
+    import re
+    from pathlib import Path
+
+    js = (Path(__file__).resolve().parents[1] / "web" / "js" / "routing_math.js").read_text()
+    listed = re.search(r"export const PRESETS = \[([^\]]*)\]", js).group(1)
+    assert tuple(re.findall(r'"([a-z_]+)"', listed)) == ROUTING_PRESETS
+    assert re.search(r'export const DEFAULT_PRESET = "([a-z_]+)"', js).group(1) == DEFAULT_ROUTING

@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
+__import__("pack_package").load_pack_package()  # comfy_server renders an example PNG with the pack's core
 from comfy_server import ComfyServer  # noqa: E402
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  cellAt, countRoutes, cycleOverride, gridLayout, parseOverrides, presetRoutes, serializeOverrides, wanShapeFromName,
+  DEFAULT_PRESET, PRESETS, cellAt, countRoutes, cycleOverride, gridLayout, parseOverrides, presetRoutes, serializeOverrides, wanShapeFromName,
 } from "../../web/js/routing_math.js";
 
 test("heuristic preset: first and last layer dense, head % 3 == 2 linear, others sparse", () => {
@@ -15,6 +15,16 @@ test("heuristic preset: first and last layer dense, head % 3 == 2 linear, others
   assert.deepEqual(countRoutes(r), { dense: 24, sparse: 224, linear: 112 });
   assert.deepEqual(presetRoutes("alternating", 2, 4)[1], [1, 2, 1, 2]);
   assert.throws(() => presetRoutes("nope", 2, 2));
+});
+
+test("heuristic_sparse_edges (the default): heuristic's middle layers, first and last layer all sparse", () => {
+  assert.equal(DEFAULT_PRESET, "heuristic_sparse_edges");
+  assert.ok(PRESETS.includes(DEFAULT_PRESET));
+  const r = presetRoutes(DEFAULT_PRESET, 30, 12);
+  assert.deepEqual(r[0], new Array(12).fill(1));
+  assert.deepEqual(r[29], new Array(12).fill(1));
+  assert.deepEqual(r.slice(1, 29), presetRoutes("heuristic", 30, 12).slice(1, 29));
+  assert.deepEqual(countRoutes(r), { dense: 0, sparse: 248, linear: 112 });
 });
 
 test("overrides: objects of 'layer.head' -> route only", () => {

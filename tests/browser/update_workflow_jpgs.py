@@ -1,15 +1,18 @@
-"""Turn the browser test's workflow screenshots (tests/artifacts/browser/<name>.png) into workflows/<name>.jpg.
+"""Turn the browser test's workflow screenshots (tests/artifacts/browser/<frontend>/<name>.png, the frontend ComfyUI
+pins by default) into workflows/<name>.jpg.
 
 Run after `python -m pytest tests/test_browser.py` when a workflow or the widget's look changed:
-    python tests/browser/update_workflow_jpgs.py
+    python tests/browser/update_workflow_jpgs.py [pinned|newest]
 """
 
+import sys
 from pathlib import Path
 
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "tests" / "artifacts" / "browser"
+FRONTEND = sys.argv[1] if len(sys.argv) > 1 else "pinned"  # tests/browser/frontends.py FRONTENDS
+SHOTS = REPO / "tests" / "artifacts" / "browser" / FRONTEND
 
 if __name__ == "__main__":
     for wf in sorted((REPO / "workflows").glob("*.json")):

@@ -51,7 +51,7 @@ function decode(x, y, fromId, fps) {
 const schedule = (x, y) => ({ id: 10, type: "SparseFlowSchedule", pos: [x, y], size: [340, 300] });
 const routing = (x, y, layers, heads, family, id = 11) => ({
   id, type: "SparseFlowRouting", pos: [x, y], size: [430, 0],
-  widgets: { preset: "heuristic", file: "none", layers, heads, family, routing_overrides: "{}" },
+  widgets: { preset: "heuristic_sparse_edges", file: "none", layers, heads, family, routing_overrides: "{}" },
 });
 const patch = (x, y, id = 12, title) => ({ id, type: "SparseFlowPatch", pos: [x, y], size: [430, 0], title,
   widgets: { routing_overrides: "{}" } });

@@ -9,6 +9,7 @@ import { addStyle, el, fitCanvas } from "./grid_dom.js";
 import { legendItems, paintDensity, paintGrid } from "./grid_draw.js";
 import { shapeFromModel, upstream, widget } from "./grid_graph.js";
 import {
+  DEFAULT_PRESET,
   PRESETS,
   ROUTE_NAMES,
   applyOverrides,
@@ -89,11 +90,11 @@ export class RoutingGrid {
     if (widget(node, "layers") && widget(node, "heads")) {
       const layers = Number(widget(node, "layers").value);
       const heads = Number(widget(node, "heads").value);
-      const preset = String(widget(node, "preset")?.value ?? "heuristic");
+      const preset = String(widget(node, "preset")?.value ?? DEFAULT_PRESET);
       const file = String(widget(node, "file")?.value ?? "none");
       let routes;
       try {
-        routes = presetRoutes(PRESETS.includes(preset) ? preset : "heuristic", layers, heads);
+        routes = presetRoutes(PRESETS.includes(preset) ? preset : DEFAULT_PRESET, layers, heads);
       } catch (e) {
         return { routes: null, note: e.message };
       }
@@ -107,7 +108,7 @@ export class RoutingGrid {
       return { routes: null, note: `routing comes from ${source.title}: known after a run` };
     }
     const shape = shapeFromModel(node);
-    if (shape) return { routes: presetRoutes("heuristic", ...shape), note: `heuristic preset, ${shape[0]}x${shape[1]} from the model name` };
+    if (shape) return { routes: presetRoutes(DEFAULT_PRESET, ...shape), note: `${DEFAULT_PRESET} preset, ${shape[0]}x${shape[1]} from the model name` };
     return { routes: null, note: "model size is known after a run" };
   }
 

@@ -11,7 +11,8 @@
 
 export const ROUTE_NAMES = ["dense", "sparse", "linear"]; // codes 0, 1, 2 as in sparseflow/plan.py
 export const ROUTE_COLORS = [[150, 150, 150], [52, 120, 246], [245, 145, 40]]; // sparseflow/render.py
-export const PRESETS = ["all_sparse", "all_linear", "all_dense", "alternating", "heuristic"];
+export const PRESETS = ["all_sparse", "all_linear", "all_dense", "alternating", "heuristic", "heuristic_sparse_edges"];
+export const DEFAULT_PRESET = "heuristic_sparse_edges"; // sparseflow/routing.py DEFAULT_ROUTING
 export const MAX_DIM = 4096;
 export const DENSE = 0, SPARSE = 1, LINEAR = 2;
 const OVERRIDE_KEY = /^(\d{1,4})\.(\d{1,4})$/;
@@ -28,10 +29,12 @@ export function presetRoutes(name, layers, heads) {
       if (name === "all_linear") row[h] = LINEAR;
       else if (name === "all_dense") row[h] = DENSE;
       else if (name === "alternating" && h % 2 === 1) row[h] = LINEAR;
-      else if (name === "heuristic" && h % 3 === 2) row[h] = LINEAR;
+      else if (name.startsWith("heuristic") && h % 3 === 2) row[h] = LINEAR;
     }
-    // heuristic: the first and last blocks mix tokens in and out of the latent space, so they stay dense
+    // heuristic: the first and last blocks mix tokens in and out of the latent space, so they stay dense;
+    // heuristic_sparse_edges: they are sparse at a fixed window (every head)
     if (name === "heuristic" && (l === 0 || l === layers - 1)) row.fill(DENSE);
+    if (name === "heuristic_sparse_edges" && (l === 0 || l === layers - 1)) row.fill(SPARSE);
     routes.push(row);
   }
   return routes;
