@@ -239,7 +239,8 @@ def patch_text(model) -> str:
 
 
 _TIP_SPARSITY = ("Overall sparsity. 0.5 keeps the schedule as it is; higher shrinks every temporal window "
-                 "(1.0 = window 0 and no dense steps), lower widens it (0.0 = +4 latent frames).")
+                 "(1.0 = window 0 and no dense steps), lower widens it (0.0 = +4 latent frames). Heads whose "
+                 "routing map fixes a window (the default preset's first and last layers: 2) keep it.")
 _TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'auto': int8-qk on RTX 30 / 40 / 50 and A100-class "
                   "cards (faster there at the same measured quality), fp16 on H100 / H200 / B200 and where int8 "
                   "cannot run; the node's text says which. 'fp16': the model's fp16/bf16 throughout. "
@@ -250,7 +251,8 @@ _TIP_PRECISION = ("Q·K precision of SparseFlow's attention. 'auto': int8-qk on 
                   "scheme); needs an RTX 40 / L40 / H100 / RTX 50 or newer (sm_89+). Measured error and speed: "
                   "docs/fidelity.md, docs/performance.md.")
 _TIP_WINDOW = ("Temporal window in latent frames (1 latent frame = 4 video frames) each sparse head attends to "
-               "on each side of its own frames. -1 takes the schedule's per-step window.")
+               "on each side of its own frames. -1 takes the schedule's per-step window. Heads whose routing map "
+               "fixes a window (the default preset's first and last layers: 2) keep it.")
 
 
 class SparseFlowPatch(io.ComfyNode):

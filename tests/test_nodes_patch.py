@@ -153,6 +153,30 @@ def test_quantized_precision_reaches_the_operator_inside_the_model(comfy, pack, 
     assert f"precision {precision} (sparse, linear and mixed calls)" in _last(pack, patched).summary()
 
 
+@pytest.mark.parametrize("sparsity, window", [(0.5, -1), (1.0, 0), (0.0, 1)])
+def test_the_default_routings_edge_layers_keep_their_fixed_window(comfy, pack, tiny_models, sparsity,  # noqa: F811
+                                                                    window):
+    """No routing given: heuristic_sparse_edges. The tiny model's 2 layers are both edge layers, so every head is
+    sparse at EDGE_WINDOW (2) whatever the sparsity slider and the window input say (4 latent frames: window 0 or 1
+    would give another result)."""
+    model = tiny_models[tw.WAN21_T2V]
+    patched = pack.patch.apply_sparseflow(model, sparsity=sparsity, window=window, backend="reference", block=64)
+    to = patched.model_options["transformer_options"]
+    calls = []
+    to["optimized_attention_override"] = _recording_override(to["optimized_attention_override"], calls)
+    _sample(comfy, patched, tw.WAN21_T2V, BIG, steps=2)
+    geometry = Geometry(*BIG[:1], BIG[1] // 2, BIG[2] // 2)
+    selfs = [c for c in calls if c["q"].shape == c["k"].shape]
+    assert len(selfs) == 4
+    for c in selfs:
+        plan = AttentionPlan(geometry, (1, 1), (2, 2), (0, 0), anchors=(0,), compensation=True, block=64)
+        assert_close_report(c["out"], reference_attention(c["q"], c["k"], c["v"], plan, heads=2), atol=1e-6,
+                            rtol=1e-5, what=f"layer {c['layer']}")
+        narrow = AttentionPlan(geometry, (1, 1), (0, 0), (0, 0), anchors=(0,), compensation=True, block=64)
+        assert (c["out"] - reference_attention(c["q"], c["k"], c["v"], narrow, heads=2)).abs().max() > 1e-4
+    assert "heads sparse 4 / linear 0 / dense 0" in _last(pack, patched).summary()
+
+
 @pytest.mark.parametrize("preset", ["fast", "balanced", "quality"])
 def test_schedule_per_step_values_are_the_ones_applied(comfy, pack, tiny_models, preset):  # noqa: F811
     steps = 5
