@@ -162,11 +162,13 @@ def routing_preset(name: str, layers: int, heads: int, family: str = "generic") 
 
     - all_sparse / all_linear / all_dense: every head on that route.
     - alternating: in every layer even heads sparse, odd heads linear.
-    - heuristic (default): layer 0 and the last layer dense, since the first and last blocks do the global
-      mixing in and out of the token space; in other layers heads 0, 1 of every 3 sparse and head 2 linear
-      (head h is linear iff h % 3 == 2).
-    - heuristic_sparse_edges: heuristic with the first and last layers sparse at a fixed window of EDGE_WINDOW
-      latent frames (every head) instead of dense. The two dense layers are about 10 % of a Wan 1.3B step.
+    - heuristic: layer 0 and the last layer dense, since the first and last blocks do the global mixing in and
+      out of the token space; in other layers heads 0, 1 of every 3 sparse and head 2 linear (head h is linear
+      iff h % 3 == 2). The default until ef13fc0.
+    - heuristic_sparse_edges (DEFAULT_ROUTING): heuristic with the first and last layers sparse at a fixed window
+      of EDGE_WINDOW latent frames (every head) instead of dense. The two dense layers took about 10 % of a Wan
+      1.3B model call's GPU time; on the small trained model of docs/fidelity.md the sparse edges lost no quality
+      with the `balanced` and `quality` schedules (docs/performance.md, "The current defaults").
     """
     if name not in ROUTING_PRESETS:
         raise ValueError(f"routing preset must be one of {ROUTING_PRESETS}, got {name!r}")
