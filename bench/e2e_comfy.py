@@ -15,6 +15,7 @@ random (1, 512, 4096) contexts instead of a text encoder) once per configuration
   sparseflow_nofuse  the same with fuse_qk_norm_rope=False (ComfyUI's own QK-norm + RoPE)
   sparseflow_noblock the same with fuse_block_norms=False (ComfyUI's own residual adds + LayerNorms)
   sparseflow_ffnwhole the same with ffn_in_pieces=False (the FFN's hidden tensor whole: more memory)
+  sparseflow_ffnxNN  the same with FFN pieces whose hidden tensor is up to NN/10 streams (ffn_piece_hidden)
   sparseflow_int8qk  the same with precision int8-qk (int8 Q·K); sparseflow_fp8: precision fp8 (also e4m3 P·V);
                    sparseflow_fp16: precision fp16 (what "auto" is not on the consumer tier)
   sparseflow_<preset>  the same with another schedule preset (e.g. sparseflow_quality)
@@ -192,6 +193,8 @@ class Bench:
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, precision=PRECISION_CONFIGS[base])
         elif base == "sparseflow_ffnwhole":  # the FFN in one piece: isolates the cost of running it in token pieces
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, ffn_in_pieces=False)
+        elif (tenths := _number_after(base, "sparseflow_ffnx")) is not None:  # e.g. sparseflow_ffnx20: pieces of 2
+            m = self.sf_patch.apply_sparseflow(m, backend=self.backend, ffn_piece_hidden=tenths / 10)  # streams
         elif base == "sparseflow_noblock":  # ComfyUI's own block adds + norms: isolates the fused blocks' gain
             m = self.sf_patch.apply_sparseflow(m, backend=self.backend, fuse_block_norms=False)
         elif (sp := _number_after(base, "sparseflow_sp")) is not None:  # e.g. sparseflow_sp030

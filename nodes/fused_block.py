@@ -48,9 +48,10 @@ class BlockOps:
     """The fused passes of one block call on `backend` ("triton" or "reference" = ComfyUI's ops); a part the kernel
     refuses runs ComfyUI's ops and its reason goes to `fallbacks`."""
 
-    def __init__(self, backend: str, eps1: float, eps2: float, norm3: tuple | None, ffn_in_pieces: bool = True) -> None:
+    def __init__(self, backend: str, eps1: float, eps2: float, norm3: tuple | None, ffn_in_pieces: bool = True,
+                 ffn_piece_hidden: float = ffn.PIECE_HIDDEN_PER_STREAM) -> None:
         self.backend, self.eps1, self.eps2, self.norm3 = backend, eps1, eps2, norm3
-        self.ffn_in_pieces = ffn_in_pieces
+        self.ffn_in_pieces, self.ffn_piece_hidden = ffn_in_pieces, ffn_piece_hidden
         self.pieces = 0  # the FFN's token pieces in this block call (0: whole)
         self.fallbacks: list[str] = []
 
@@ -97,7 +98,8 @@ class BlockOps:
         the stream, never exists. The adds are `torch.addcmul`, ComfyUI's own op for this add."""
         ffn_dim = getattr(block, "ffn_dim", None)
         takes = isinstance(ffn_dim, int) and h.dim() == 3 and h.is_contiguous() and x.shape == h.shape
-        pieces = ffn.token_chunks(*h.shape, ffn_dim, h.element_size()) if self.ffn_in_pieces and takes else []
+        pieces = (ffn.token_chunks(*h.shape, ffn_dim, h.element_size(), hidden_per_stream=self.ffn_piece_hidden)
+                  if self.ffn_in_pieces and takes else [])
         if not pieces:
             return self._ffn_whole(block, x, h, gate)
         out = None
@@ -161,7 +163,8 @@ def modulation_rows(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor) ->
 
 
 def block_ops(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor, backend: str,
-              ffn_in_pieces: bool = True) -> tuple[BlockOps | None, list | None, str | None]:
+              ffn_in_pieces: bool = True, ffn_piece_hidden: float = ffn.PIECE_HIDDEN_PER_STREAM
+              ) -> tuple[BlockOps | None, list | None, str | None]:
     """(ops, modulation rows, None) for one block call on `backend`, or (None, None, why ComfyUI's block runs)."""
     why = residual_norm.stream_reason(x)
     n1 = n2 = n3 = None
@@ -177,7 +180,9 @@ def block_ops(block: torch.nn.Module, x: torch.Tensor, e: torch.Tensor, backend:
         return None, None, why
     ee = modulation_rows(block, x, e)
     why = next((r for i, t in enumerate(ee) if (r := residual_norm.rows_reason(f"e[{i}]", t, x))), None)
-    return (None, None, why) if why else (BlockOps(backend, n1[2], n2[2], n3, ffn_in_pieces), ee, None)
+    if why:
+        return None, None, why
+    return BlockOps(backend, n1[2], n2[2], n3, ffn_in_pieces, ffn_piece_hidden), ee, None
 
 
 def run_block(version, block, args: dict, context_img_len, run, original) -> dict:
@@ -191,7 +196,8 @@ def run_block(version, block, args: dict, context_img_len, run, original) -> dic
             why = f"fused block norms cannot run: {reason}"
     ops = ee = None
     if why is None:
-        ops, ee, why = block_ops(block, x, args["vec"], backend, run.config.ffn_in_pieces)
+        ops, ee, why = block_ops(block, x, args["vec"], backend, run.config.ffn_in_pieces,
+                                 run.config.ffn_piece_hidden)
     tel = run.telemetry
     if why is not None:
         tel.note_block_norms(why)

@@ -83,6 +83,17 @@ def wan_info(model: object) -> WanInfo:
                    len(getattr(dm, "vace_blocks", ()) or ()), type(cfg).__name__)
 
 
+def check_piece_hidden(value: float | None) -> float:
+    """The FFN pieces' hidden size in streams: `value`, or sparseflow.ffn's default for None; ValueError unless > 0."""
+    from ..sparseflow import ffn
+
+    if value is None:
+        return ffn.PIECE_HIDDEN_PER_STREAM
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"SparseFlow: ffn_piece_hidden must be a number > 0 (streams); got {value!r}")
+    return float(value)
+
+
 def check_backend(backend: str) -> None:
     """Raise ValueError when `backend` is unknown or, explicitly chosen, cannot run here (with the reasons)."""
     from ..sparseflow import ops
@@ -155,7 +166,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
                      linear_kind: str = "pooled", backend: str = "auto", block: int = 128,
                      overrides: str | Mapping[str, str] = "{}", node_id: str | None = None,
                      fuse_qk_norm_rope: bool = True, fuse_block_norms: bool = True, precision: str = AUTO,
-                     ffn_in_pieces: bool = True):
+                     ffn_in_pieces: bool = True, ffn_piece_hidden: float | None = None):
     """A clone of `model` whose Wan self-attention runs SparseFlow; `model` itself is left untouched.
 
     Installs, under the key "sparseflow": the frozen config in transformer_options, the attention override (chained
@@ -168,7 +179,8 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     and the run summary say why. `precision` "int8-qk" runs Q·K of sparse, linear and mixed calls in int8, "fp8" also
     their exact keys' P·V in e4m3 (spec §8); "auto" takes the one measured faster on the sampling device
     (`resolve_precision`). `ffn_in_pieces` (API only; default on) lets the fused block body run a large FFN in
-    token pieces, which lowers peak memory (nodes/fused_block.py feed_forward).
+    token pieces, which lowers peak memory (nodes/fused_block.py feed_forward); `ffn_piece_hidden` (API only) is
+    the largest piece's hidden tensor in streams (default sparseflow.ffn.PIECE_HIDDEN_PER_STREAM).
     """
     import comfy.patcher_extension as pe
 
@@ -190,7 +202,7 @@ def apply_sparseflow(model, *, schedule: Schedule | None = None, routing: Routin
     config = PatchConfig(sched, rmap, info.layers, info.heads, info.head_dim, info.family, info.model_type,
                          tuple(anchors), linear_kind, backend, block, window, sigma_max, node_id,
                          bool(fuse_qk_norm_rope), bool(fuse_block_norms), choice.precision, precision == AUTO,
-                         bool(ffn_in_pieces))
+                         bool(ffn_in_pieces), check_piece_hidden(ffn_piece_hidden))
 
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CHUNK_MIN_BYTES", "TokenChunk", "linear_gelu", "linear_gelu_reason", "token_chunks"]
+__all__ = [
+    "CHUNK_MIN_BYTES", "PIECE_HIDDEN_PER_STREAM", "TokenChunk", "linear_gelu", "linear_gelu_reason", "token_chunks",
+]
 
 # An FFN whose whole hidden tensor is smaller runs in one piece: the pieces cost about 1 % of a Wan 1.3B 480p step on
 # an H200 (6 pieces of 10920 tokens for a 1.09 GiB hidden tensor: 0.490 against 0.484 s/step in one run,
 # bench/e2e/results/e2e_wan21_1.3b_newest_4b8876c.json), where that model's peak is already 16 % under ComfyUI's.
 # Wan 2.2 5B 720p (1.46 GiB) and 14B 720p (3.9 GiB) run in pieces at no measured cost.
 CHUNK_MIN_BYTES = 5 * 2**28  # 1.25 GiB
+# How large one piece's hidden tensor may be, in streams (B, L, dim) of the block.
+PIECE_HIDDEN_PER_STREAM = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,19 +38,22 @@ class TokenChunk:
 
 
 def token_chunks(batch: int, length: int, dim: int, ffn_dim: int, itemsize: int,
-                 min_bytes: int | None = None) -> list[TokenChunk]:
+                 min_bytes: int | None = None,
+                 hidden_per_stream: float = PIECE_HIDDEN_PER_STREAM) -> list[TokenChunk]:
     """The pieces in which to run a Wan FFN (Linear dim -> ffn_dim, GELU, Linear back) over a (batch, length, dim)
-    stream so that no piece's (rows, ffn_dim) hidden tensor is larger than the stream itself; [] for one piece (a
-    hidden tensor under `min_bytes`, default CHUNK_MIN_BYTES). Pieces are equal token ranges within one batch
-    element, so each is a contiguous row block of a contiguous stream and its GEMMs keep thousands of rows (Wan 14B
-    720p with CFG: 4 x 37800, 1.3B 480p: 6 x 10920).
+    stream so that no piece's (rows, ffn_dim) hidden tensor is larger than `hidden_per_stream` times the stream; []
+    for one piece (a hidden tensor under `min_bytes`, default CHUNK_MIN_BYTES). Pieces are equal token ranges within
+    one batch element, so each is a contiguous row block of a contiguous stream and its GEMMs keep thousands of rows
+    (Wan 14B 720p with CFG: 4 x 37800, 1.3B 480p: 6 x 10920).
 
     Why: the FFN's hidden tensor is ffn_dim / dim = 2.7 (14B) to 5.8 (1.3B) times the stream, the largest thing a
     Wan block holds; whole, it sets the model's peak memory."""
     rows = batch * length
     if rows == 0 or rows * ffn_dim * itemsize < (CHUNK_MIN_BYTES if min_bytes is None else min_bytes):
         return []
-    pieces = max(1, math.ceil(ffn_dim / dim))
+    if not hidden_per_stream > 0:
+        raise ValueError(f"token_chunks: hidden_per_stream must be > 0, got {hidden_per_stream!r}")
+    pieces = max(1, math.ceil(ffn_dim / (dim * hidden_per_stream)))
     per_batch = math.ceil(length / math.ceil(rows / pieces))
     step = math.ceil(length / per_batch)
     return [TokenChunk(b, t, min(t + step, length)) for b in range(batch) for t in range(0, length, step)]

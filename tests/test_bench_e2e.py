@@ -164,3 +164,23 @@ def test_the_edge_configurations_route_the_first_and_last_layers(tmp_path):
     assert "heads sparse 8 / linear 0 / dense 0," in rows["sparseflow_edge01"]["sparseflow_summary"]
     assert "heads sparse 8 / linear 0 / dense 0," in rows["sparseflow"]["sparseflow_summary"]
     assert "heads sparse 4 / linear 0 / dense 4," in rows["sparseflow_dense_edges"]["sparseflow_summary"]
+
+
+def test_the_profile_timeline_unions_kernel_intervals_and_sums_time_per_family():
+    from types import SimpleNamespace as NS
+
+    from bench.e2e.profiling import device_timeline, kernel_family
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(name, a, b, dev=cuda):
+        return NS(name=name, device_type=dev, time_range=NS(start=a, end=b))
+
+    events = [ev("nvjet_sm90_hsh_192x192", 0, 1000), ev("_fused_fwd_kernel", 500, 1500),  # overlap: busy 1500
+              ev("_add_norm_kernel", 3000, 3500), ev("aten::addmm", 0, 9000, cpu)]  # gap of 1500, CPU ignored
+    tl = device_timeline(events)
+    assert (tl.kernels, tl.busy_ms, tl.span_ms, tl.idle_ms) == (3, 2.0, 3.5, 1.5)
+    assert tl.by_family_ms == {"GEMM": 1.0, "sparseflow attention": 1.0, "sparseflow block passes": 0.5}
+    assert kernel_family("cudnn_generated_fort_native_sdpa_sm90") == "SDPA (ComfyUI attention)"
+    assert kernel_family("vectorized_elementwise_kernel<GeluCUDAKernelImpl>") == "other"
+    assert device_timeline([]).busy_ms == 0.0

@@ -323,6 +323,29 @@ def test_ffn_in_pieces_off_runs_the_ffn_whole(comfy, pack, tiny_models, monkeypa
     assert _last(pack, m).ffn_pieces == {} and "FFN in token pieces" not in _last(pack, m).summary()
 
 
+def test_ffn_piece_hidden_sets_the_piece_count_and_is_checked(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
+    """`ffn_piece_hidden` (streams per piece's hidden tensor) reaches the fused block: larger pieces, fewer of them;
+    a value that is not a number > 0 is refused naming the parameter."""
+    from comfyui_sparseflow.sparseflow import ffn
+
+    monkeypatch.setattr(ffn, "CHUNK_MIN_BYTES", 0)
+    model = tiny_models[tw.WAN21_T2V]
+    block = model.get_model_object("diffusion_model").blocks[0]
+    dim, ffn_dim = block.self_attn.dim, block.ffn_dim
+    counts = {}
+    for hidden in (0.25 * ffn_dim / dim, ffn_dim / dim):
+        m = _patch(pack, model, ffn_piece_hidden=hidden)
+        _sample(comfy, m)
+        counts[hidden] = set(_last(pack, m).ffn_pieces)
+    assert counts[0.25 * ffn_dim / dim] == {4}  # CFG batch 2: two pieces per batch element
+    assert counts[ffn_dim / dim] == {2}  # one piece per batch element
+    assert len(ffn.token_chunks(2, 27280, 3072, 14336, 2)) == 6  # Wan 2.2 5B 720p with CFG
+    assert len(ffn.token_chunks(2, 27280, 3072, 14336, 2, hidden_per_stream=1.5)) == 4
+    for bad in (0, -1.0, True, "2"):
+        with pytest.raises(ValueError, match="ffn_piece_hidden"):
+            _patch(pack, model, ffn_piece_hidden=bad)
+
+
 def test_ffn_pieces_with_an_output_of_another_dtype_run_the_ffn_whole_as_comfyui_adds(pack, monkeypatch):  # noqa: F811
     """An FFN whose output is not the stream's dtype: the first piece shows it, nothing is written, the FFN runs whole
     and the add is ComfyUI's (which promotes), said in the block's fallbacks."""
