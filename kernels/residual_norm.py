@@ -95,16 +95,26 @@ def _row_strides(t: torch.Tensor | None, length: int) -> tuple[int, int]:
 
 def add_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None, norm: bool,
              weight: torch.Tensor | None, bias: torch.Tensor | None, shift: torch.Tensor | None,
-             scale: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+             scale: torch.Tensor | None, eps: float,
+             out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(s, n): s = x + y * gate (x itself when y is None), n = [modulated] LayerNorm(s) or None.
 
     x: (B, L, C), any strides; y: (B, L, C) with unit last stride; gate / shift / scale: (B or 1, L or 1, C)
-    with unit last stride; weight, bias: (C,) contiguous or None. s and n are new contiguous tensors in x's dtype.
+    with unit last stride; weight, bias: (C,) contiguous or None. s and n are new contiguous tensors in x's dtype,
+    except that a gated add without a norm writes s into `out` when given: a (B, L, C) tensor of x's dtype with unit
+    last stride, which may be x itself (each program reads its rows before it writes them).
     Callers check shapes and dtypes (`sparseflow.residual_norm.add_norm_reason`).
     """
     bsz, length, c = x.shape
     rows = bsz * length
-    s = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if y is not None else x
+    if out is not None and (norm or y is None or out.shape != x.shape or out.stride(-1) != 1
+                            or out.dtype != x.dtype):
+        raise ValueError("kernels.residual_norm.add_norm: `out` takes a (B, L, C) tensor of x's dtype with unit last "
+                         "stride, for an add without a norm")
+    if out is not None:
+        s = out
+    else:
+        s = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if y is not None else x
     n = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if norm else None
     out = n if n is not None else s
     block_t, block_c, warps = launch_shape(c)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..sparseflow.ffn import PIECE_HIDDEN_PER_STREAM
 from ..sparseflow.routing import RoutingMap
 from ..sparseflow.schedule import Schedule, StepParams
 
@@ -43,7 +44,8 @@ class PatchConfig:
     precision: str = "fp16"  # Q·K precision of SparseFlow's attention (sparseflow.plan.PRECISIONS, spec §8)
     precision_auto: bool = False  # `precision` was resolved from the node's "auto" (nodes/patch.py resolve_precision)
     ffn_in_pieces: bool = True  # fused blocks run a large FFN in token pieces (nodes/fused_block.py feed_forward)
-    ffn_piece_hidden: float = 1.0  # largest piece's hidden tensor, in streams (sparseflow.ffn.token_chunks)
+    # the largest FFN piece's hidden tensor, in streams (sparseflow.ffn.token_chunks)
+    ffn_piece_hidden: float = PIECE_HIDDEN_PER_STREAM
 
     def __deepcopy__(self, memo: dict) -> PatchConfig:
         return self  # immutable: ComfyUI 0.3.64's clone() deep-copies model_options; one config serves every clone

@@ -95,7 +95,8 @@ class BlockOps:
         """x + FFN(h) * gate. Where the FFN's hidden tensor is large (`sparseflow.ffn.token_chunks`: 1.25 GiB or
         more) the FFN runs piece by piece, each piece's result added into x in place when x is this block's own
         tensor (`own_stream`), else into a new tensor: the whole (B, L, ffn_dim) hidden tensor, 2.7 to 5.8 times
-        the stream, never exists. The adds are `torch.addcmul`, ComfyUI's own op for this add."""
+        the stream, never exists. The adds are the fused kernel's gated add (on "triton"; bit for bit ComfyUI's
+        `torch.addcmul` in fp16 / bf16, tests/test_residual_norm.py) or `torch.addcmul` itself."""
         ffn_dim = getattr(block, "ffn_dim", None)
         takes = isinstance(ffn_dim, int) and h.dim() == 3 and h.is_contiguous() and x.shape == h.shape
         pieces = (ffn.token_chunks(*h.shape, ffn_dim, h.element_size(), hidden_per_stream=self.ffn_piece_hidden)
@@ -122,10 +123,9 @@ class BlockOps:
             if bad is not None:  # a later piece unlike the first (no module does this): cast into the stream
                 notes.append(f"FFN piece cast to the stream's dtype: {bad}")
                 dst.copy_(xs + y if g is None else torch.addcmul(xs, y, g))
-            elif g is None:
-                torch.add(xs, y, out=dst)
-            else:
-                torch.addcmul(xs, y, g, out=dst)
+            else:  # (tokens, C) pieces as (1, tokens, C) streams; the kernel where rows are contiguous
+                use = self.backend if dst.stride(-1) == 1 and y.stride(-1) == 1 else "reference"
+                residual_norm.add_into(dst[None], xs[None], y[None], None if g is None else g[None], use)
             del y
         self.pieces = len(pieces)
         self.fallbacks.extend(dict.fromkeys(notes))  # a reason once per block call, as unchunked

@@ -24,8 +24,12 @@ __all__ = [
 # bench/e2e/results/e2e_wan21_1.3b_newest_4b8876c.json), where that model's peak is already 16 % under ComfyUI's.
 # Wan 2.2 5B 720p (1.46 GiB) and 14B 720p (3.9 GiB) run in pieces at no measured cost.
 CHUNK_MIN_BYTES = 5 * 2**28  # 1.25 GiB
-# How large one piece's hidden tensor may be, in streams (B, L, dim) of the block.
-PIECE_HIDDEN_PER_STREAM = 1.0
+# How large one piece's hidden tensor may be, in streams (B, L, dim) of the block. 1.5: Wan 2.2 5B 720p runs 4 pieces
+# of 13640 tokens (1.0 gave 6 of 9094: 1 % slower, its GEMMs' last waves part-empty; H200, 1.99x against 1.97x the
+# default in one run, e2e_wan22_5b_newest_f3db494.json), 14B 720p 2 pieces (one per CFG batch element). The FFN
+# phase then holds at most the stream, norm2's output, 1.5 streams of hidden tensor and its output piece, under the
+# 5 streams the self-attention holds (the stream, q, k, v, its output).
+PIECE_HIDDEN_PER_STREAM = 1.5
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ def token_chunks(batch: int, length: int, dim: int, ffn_dim: int, itemsize: int,
     stream so that no piece's (rows, ffn_dim) hidden tensor is larger than `hidden_per_stream` times the stream; []
     for one piece (a hidden tensor under `min_bytes`, default CHUNK_MIN_BYTES). Pieces are equal token ranges within
     one batch element, so each is a contiguous row block of a contiguous stream and its GEMMs keep thousands of rows
-    (Wan 14B 720p with CFG: 4 x 37800, 1.3B 480p: 6 x 10920).
+    (at the default, with CFG: Wan 14B 720p 2 x 75600, 5B 720p 4 x 13640; 1.3B 480p's 1.09 GiB runs whole).
 
     Why: the FFN's hidden tensor is ffn_dim / dim = 2.7 (14B) to 5.8 (1.3B) times the stream, the largest thing a
     Wan block holds; whole, it sets the model's peak memory."""

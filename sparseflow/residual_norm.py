@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from .inputs import triton_input_reason
 
-__all__ = ["ADD_NORM_BACKENDS", "MAX_ELEMENTS", "add_norm", "add_norm_reason", "add_norm_reference", "output_reason",
-           "rows_reason", "run_add_norm", "stream_reason", "triton_reason"]
+__all__ = ["ADD_NORM_BACKENDS", "MAX_ELEMENTS", "add_into", "add_norm", "add_norm_reason", "add_norm_reference",
+           "output_reason", "rows_reason", "run_add_norm", "stream_reason", "triton_reason"]
 
 ADD_NORM_BACKENDS = ("triton", "reference")
 MAX_ELEMENTS = 2**31  # the kernel's row offsets are 32-bit: b * L * C must stay below this
@@ -146,6 +146,21 @@ def add_norm(x: torch.Tensor, y: torch.Tensor | None = None, gate: torch.Tensor 
     if backend == "triton" and (why := triton_reason(x)) is not None:
         raise ValueError(f"sparseflow.residual_norm: backend 'triton' cannot run: {why}")
     return run_add_norm(x, y, gate, norm, weight, bias, shift, scale, eps, backend)
+
+
+def add_into(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
+             backend: str) -> torch.Tensor:
+    """out = x + y * gate (x + y without a gate); `out` may be x itself. (B, L, C) tensors of one dtype, `y` and
+    `out` with unit last stride, `gate` (B or 1, L or 1, C); the caller checks them (`add_norm_reason`). "triton":
+    the fused kernel's add, one read of x and y and one write of out (torch's addcmul takes a slower broadcast path for
+    a gate row shared by the tokens); "reference": torch.addcmul / torch.add, ComfyUI's op for this add."""
+    if backend == "triton":
+        _triton_fn()(x, y, gate, False, None, None, None, None, 0.0, out=out)
+    elif gate is None:
+        torch.add(x, y, out=out)
+    else:
+        torch.addcmul(x, y, gate, out=out)
+    return out
 
 
 def run_add_norm(x, y, gate, norm, weight, bias, shift, scale, eps, backend):

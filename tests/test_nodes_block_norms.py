@@ -40,10 +40,14 @@ def _sample(comfy, model, variant=tw.WAN21_T2V, batch=1):  # noqa: F811
 _patch, _last = patch_small, last_run
 
 
-def _reference_positional(x, y, gate, norm, weight, bias, shift, scale, eps):
+def _reference_positional(x, y, gate, norm, weight, bias, shift, scale, eps, out=None):
     from comfyui_sparseflow.sparseflow.residual_norm import add_norm_reference
 
-    return add_norm_reference(x, y, gate, norm=norm, weight=weight, bias=bias, shift=shift, scale=scale, eps=eps)
+    s, n = add_norm_reference(x, y, gate, norm=norm, weight=weight, bias=bias, shift=shift, scale=scale, eps=eps)
+    if out is not None:
+        out.copy_(s)
+        s = out
+    return s, n
 
 
 def _triton_is_comfyuis_ops(monkeypatch):
@@ -71,10 +75,12 @@ def test_fused_blocks_give_comfyuis_result_and_are_counted(comfy, pack, tiny_mod
                    for k, v in fused_model.object_patches.items())  # a replace patch, no block object patch
 
 
-def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, monkeypatch):  # noqa: F811
-    """The Triton kernel (TRITON_INTERPRET=1 on CPU, compiled on CUDA) in place of ComfyUI's adds + norms."""
+@pytest.mark.parametrize("pieces", [False, True], ids=["ffn_whole", "ffn_in_pieces"])
+def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, monkeypatch, pieces):  # noqa: F811
+    """The Triton kernel (TRITON_INTERPRET=1 on CPU, compiled on CUDA) in place of ComfyUI's adds + norms; with the
+    FFN in pieces, each piece's gated add is the kernel's too, written into the stream in place."""
     pytest.importorskip("triton")
-    from comfyui_sparseflow.sparseflow import residual_norm
+    from comfyui_sparseflow.sparseflow import ffn, residual_norm
 
     model = tiny_models[tw.WAN21_T2V]
     own = _sample(comfy, _patch(pack, model, fuse_block_norms=False))
@@ -82,16 +88,20 @@ def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, mon
     real = residual_norm._triton_fn()
     assert real is not None
 
-    def counting(*args):
-        calls.append((args[1] is not None, args[3]))  # (has a module output, norm)
-        return real(*args)
+    def counting(*args, **kw):
+        calls.append((args[1] is not None, args[3], "out" in kw))  # (has a module output, norm, in place)
+        return real(*args, **kw)
 
     monkeypatch.setattr(residual_norm, "_triton_fn", lambda: counting)
     monkeypatch.setattr(residual_norm, "triton_reason", lambda x=None: None)
+    if pieces:
+        monkeypatch.setattr(ffn, "CHUNK_MIN_BYTES", 0)
     patched = _patch(pack, model, backend="auto")
     out = _sample(comfy, patched)
-    # per block call: norm1, add + norm3, add + norm2, add: four launches
-    assert calls == [(False, True), (True, True), (True, True), (True, False)] * (STEPS * 2)
+    # per block call: norm1, add + norm3, add + norm2, add (or one add into the stream per FFN piece)
+    n = len(ffn.token_chunks(2, 1, 1, 1, 1, 0))  # the tiny model's FFN is 2 streams wide: one piece per batch element
+    last = [(True, False, True)] * n if pieces else [(True, False, False)]
+    assert calls == ([(False, True, False), (True, True, False), (True, True, False)] + last) * (STEPS * 2)
     torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
     tel = _last(pack, patched)
     gelu_cpu = "FFN GELU unfused: input on cpu (the GELU epilogue is cuBLASLt's)"
@@ -339,8 +349,9 @@ def test_ffn_piece_hidden_sets_the_piece_count_and_is_checked(comfy, pack, tiny_
         counts[hidden] = set(_last(pack, m).ffn_pieces)
     assert counts[0.25 * ffn_dim / dim] == {4}  # CFG batch 2: two pieces per batch element
     assert counts[ffn_dim / dim] == {2}  # one piece per batch element
-    assert len(ffn.token_chunks(2, 27280, 3072, 14336, 2)) == 6  # Wan 2.2 5B 720p with CFG
-    assert len(ffn.token_chunks(2, 27280, 3072, 14336, 2, hidden_per_stream=1.5)) == 4
+    assert len(ffn.token_chunks(2, 27280, 3072, 14336, 2)) == 4  # Wan 2.2 5B 720p with CFG, the default 1.5
+    assert len(ffn.token_chunks(2, 27280, 3072, 14336, 2, hidden_per_stream=1.0)) == 6
+    assert len(ffn.token_chunks(2, 75600, 5120, 13824, 2)) == 2  # 14B 720p: one piece per batch element
     for bad in (0, -1.0, True, "2"):
         with pytest.raises(ValueError, match="ffn_piece_hidden"):
             _patch(pack, model, ffn_piece_hidden=bad)

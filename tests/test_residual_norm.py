@@ -120,6 +120,53 @@ def test_kernel_matches_reference_at_wan_1_3b_shape_on_gpu(case):
     _kernel_case(case, batch=2, length=32760, c=1536, dtype=torch.float16, seed=3)
 
 
+def _in_place_case(length, c, per_token, seed, dtype=torch.float16):
+    """The FFN pieces' add (nodes/fused_block.py): x[b, rows] += y * gate[b, rows] written into x itself, against
+    ComfyUI's torch.addcmul on the same slices; the rows outside the piece are left alone."""
+    from comfyui_sparseflow.sparseflow.residual_norm import add_into
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(2, length, c, generator=gen) * 3 + 1).to(dtype).to(DEV)
+    gate = _rows(gen, 2, length, c, dtype, per_token)[5]
+    b, rows = 1, slice(length // 3, length - 1)
+    y = (torch.randn(rows.stop - rows.start, c, generator=gen) * 2).to(dtype).to(DEV)
+    g = gate[b, rows if per_token else slice(None)]
+    want = x.clone()
+    torch.addcmul(want[b, rows], y, g, out=want[b, rows])
+    before = x.clone()
+    xs = x[b, rows]
+    assert add_into(xs[None], xs[None], y[None], g[None], "triton") is not None
+    assert_close_report(x, want, atol=0, rtol=0, what="in-place gated add")
+    outside = torch.ones_like(x, dtype=torch.bool)
+    outside[b, rows] = False
+    assert torch.equal(x[outside], before[outside])
+    ref = before.clone()
+    add_into(ref[b, rows][None], before[b, rows][None], y[None], g[None], "reference")
+    assert torch.equal(ref, want)
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["gate_per_batch", "gate_per_token"])
+def test_gated_add_into_the_stream_in_place_is_comfyuis_addcmul(per_token):
+    _in_place_case(length=17, c=96, per_token=per_token, seed=5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: the Wan 2.2 5B piece is too big for the "
+                                                          "interpreter")
+@pytest.mark.parametrize("per_token", [False, True], ids=["gate_per_batch", "gate_per_token"])
+def test_gated_add_into_the_stream_in_place_at_wan_5b_piece_shape_on_gpu(per_token):
+    _in_place_case(length=27280, c=3072, per_token=per_token, seed=6)
+
+
+def test_the_kernels_out_is_refused_with_a_norm_or_another_dtype():
+    from comfyui_sparseflow.kernels.residual_norm import add_norm as kernel
+
+    x = torch.zeros(1, 4, 64, dtype=torch.float16, device=DEV)
+    for kw in ({"norm": True}, {"out": torch.zeros(1, 4, 64, device=DEV)}):
+        args = {"norm": False, "out": x} | kw
+        with pytest.raises(ValueError, match="`out`"):
+            kernel(x, x, None, args["norm"], None, None, None, None, 1e-6, out=args["out"])
+
+
 def test_op_reference_backend_and_errors_name_the_input():
     x, y = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     g = torch.randn(2, 1, 32)
