@@ -83,11 +83,13 @@ def _norm_rope_kernel(q_ptr, k_ptr, wq_ptr, wk_ptr, f_ptr, oq_ptr, ok_ptr,
 
 
 def launch_shape(c: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_C, num_warps): about 8K elements per program on the GPU, two tokens in the interpreter."""
+    """(BLOCK_T, BLOCK_C, num_warps): about 8K elements per program and 4 warps on the GPU, two tokens in the
+    interpreter. 4 warps against 8 (H200, B=2, in place; sweep in bench/results/sweep_passes_h200_99e7aeb.txt):
+    Wan 1.3B 0.227 ms against 0.312, 5B 0.347 against 0.483, 14B 1.537 against 1.657; 16 warps slower on all three."""
     block_c = triton.next_power_of_2(c)
     if INTERPRET:
         return 2, block_c, 1
-    return max(1, 8192 // block_c), block_c, 8
+    return max(1, 8192 // block_c), block_c, 4
 
 
 def norm_rope_qk(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, freqs: torch.Tensor,
