@@ -256,6 +256,46 @@ KERNEL = {
                                              "NVIDIA H100 80GB HBM3"),
     "gpu_check_h100.log": ("the op at the 1.3B shape: all-dense and a heuristic layer vs SDPA (07:45Z update)",
                            "PYTHONPATH=. python3 bench/gpu_check.py", "NVIDIA H100 80GB HBM3"),
+    "profile_wan22_5b_sparseflow_f3db494.txt": ("torch.profiler, one 5B model call (step 0, window 0), SparseFlow "
+                                                "defaults at f3db494 (6 FFN pieces, addcmul adds), newest-shape tree: "
+                                                "GPU busy / idle and kernel time per family",
+                                                "NEWEST_CONFIGS=default,sparseflow,sparseflow_ffnx15,"
+                                                "sparseflow_ffnwhole OLD_CONFIGS=- bash bench/run_e2e_gpu.sh trees "
+                                                "wan22_5b --steps 4 --warmup-steps 1 --profile sparseflow,default",
+                                                "NVIDIA H200"),
+    "profile_wan22_5b_default_f3db494.txt": ("the same call, ComfyUI's default attention",
+                                             "(as profile_wan22_5b_sparseflow_f3db494.txt)", "NVIDIA H200"),
+    "profile_wan21_1.3b_sparseflow_f3db494.txt": ("torch.profiler, one 1.3B model call, SparseFlow defaults, ComfyUI "
+                                                  "0.3.64 (the newest tree's profile of the same call was overwritten)",
+                                                  "NEWEST_CONFIGS=default,sparseflow,sparseflow@consumer "
+                                                  "OLD_CONFIGS=default,sparseflow,sparseflow@consumer bash "
+                                                  "bench/run_e2e_gpu.sh trees wan21_1.3b --steps 4 --warmup-steps 2 "
+                                                  "--profile sparseflow", "NVIDIA H200"),
+    "profile_wan22_5b_sparseflow_99e7aeb.txt": ("torch.profiler, one 5B model call at 99e7aeb (4 FFN pieces, the gated "
+                                                "adds in the fused kernel), newest-shape tree",
+                                                "NEWEST_CONFIGS=default,sparseflow,sparseflow_ffnx10,sparseflow_ffnx25,"
+                                                "sparseflow_ffnwhole OLD_CONFIGS=- bash bench/run_e2e_gpu.sh trees "
+                                                "wan22_5b --steps 4 --warmup-steps 1 --profile sparseflow",
+                                                "NVIDIA H200"),
+    "profile_wan21_14b_sparseflow_99e7aeb.txt": ("torch.profiler, one 14B model call at 99e7aeb (2 FFN pieces), "
+                                                 "newest-shape tree",
+                                                 "NEWEST_CONFIGS=default,sparseflow,sparseflow_ffnx10 OLD_CONFIGS=- "
+                                                 "bash bench/run_e2e_gpu.sh trees wan21_14b --steps 2 "
+                                                 "--warmup-steps 1 --profile sparseflow", "NVIDIA H200"),
+    "sweep_passes_h200_99e7aeb.txt": ("launch shapes of the QK prologue and the add + norm kernel at the Wan shapes "
+                                      "(BLOCK_T x warps), shipped = 99e7aeb's (prologue 8 warps); a scratch script "
+                                      "equal in what it launches to bench/sweep_block_passes.py",
+                                      "python3 bench/sweep_block_passes.py (its first form)", "NVIDIA H200"),
+    "sweep_passes_h200_caf648e.txt": ("the same sweep after caf648e (both kernels at 4 warps), from the repo's script",
+                                      "python3 bench/sweep_block_passes.py", "NVIDIA H200"),
+    "prologue_h200_caf648e.txt": ("fused QK-norm + RoPE vs ComfyUI 0.3.64's path at caf648e (4 warps)",
+                                  "python3 bench/bench_prologue.py", "NVIDIA H200"),
+    "gpu_tests_h200_caf648e.log": ("GPU tests of the QK prologue and the block add + norm (the in-place gated add "
+                                   "at the 5B piece shape included) at caf648e, and the prologue tests with the "
+                                   "consumer tier forced",
+                                   "python3 -m pytest -rs tests/test_prologue.py tests/test_residual_norm.py; "
+                                   "SPARSEFLOW_LAUNCH_TIER=consumer python3 -m pytest -rs tests/test_prologue.py",
+                                   "NVIDIA H200"),
     "profile_wan21_1.3b_default.txt": ("torch.profiler table of one 1.3B model call, default attention",
                                        f"{E2E} wan21_1.3b --configs default,sparseflow --steps 4 "
                                        "--profile sparseflow,default", "NVIDIA H100 80GB HBM3"),
@@ -336,6 +376,18 @@ E2E_NOTES = {
     "_0364_ef13fc0": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_ef13fc0` (1.3B)",
     "_newest_ef13fc0b": "issue 17: 5B, what the FFN's token pieces cost at ef13fc0: sparseflow_ffnwhole beside the "
                         "defaults (a later call than `_newest_ef13fc0`), 4 steps after 1",
+    "_newest_f3db494": "issues 16, 17: 5B with FFN pieces of 1.5 streams (sparseflow_ffnx15) and whole beside the "
+                       "defaults (6 pieces), --profile sparseflow,default; 1.3B with the RTX 30 / 40 configs forced "
+                       "(@consumer) and the new default routing, 4 steps after a 2-step warm-up",
+    "_0364_f3db494": "issue 16: ComfyUI 0.3.64 in the same call as `_newest_f3db494` (1.3B, @consumer)",
+    "_newest_99e7aeb": "issue 17: the FFN pieces' gated add in the fused kernel and pieces of up to 1.5 streams "
+                       "(the defaults) beside 1.0 (sparseflow_ffnx10), 2.5 and whole; 5B 4 steps after 1, 14B 2 after "
+                       "1, --profile sparseflow",
+    "_newest_caf648e": "issues 16, 17: this stop's last kernels (the block passes at 4 warps): 1.3B and 5B 4 steps "
+                       "after 1 with sol_attn and quality, 14B 2 steps after 1",
+    "_0364_caf648e": "issues 16, 17: ComfyUI 0.3.64 in the same call as `_newest_caf648e` (1.3B)",
+    "_newest_caf648eb": "issue 17: 5B at caf648e again, a later call than `_newest_caf648e` (run-to-run spread of the "
+                        "speed-up), 4 steps after 1",
     "_auto_7d32421": "issue 16: precision auto with the RTX 30 / 40 configs forced (int8-qk) against fp16 with the "
                      "same configs, ComfyUI 0.3.64, 1.3B, 4 steps after a 1-step warm-up",
     "_0364_f6ed1ac": "issues 16, 21: ComfyUI 0.3.64 in the same call as `_newest_f6ed1ac`: the RTX 50 configs "
