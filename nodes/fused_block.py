@@ -123,8 +123,9 @@ class BlockOps:
             if bad is not None:  # a later piece unlike the first (no module does this): cast into the stream
                 notes.append(f"FFN piece cast to the stream's dtype: {bad}")
                 dst.copy_(xs + y if g is None else torch.addcmul(xs, y, g))
-            else:  # (tokens, C) pieces as (1, tokens, C) streams; the kernel where rows are contiguous
-                use = self.backend if dst.stride(-1) == 1 and y.stride(-1) == 1 else "reference"
+            else:  # (tokens, C) pieces as (1, tokens, C) streams; y's rows are contiguous (output_reason), the
+                # kernel writes contiguous rows only (a channel-major stream keeps torch's add)
+                use = self.backend if dst.stride(-1) == 1 else "reference"
                 residual_norm.add_into(dst[None], xs[None], y[None], None if g is None else g[None], use)
             del y
         self.pieces = len(pieces)

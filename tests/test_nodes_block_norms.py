@@ -98,12 +98,17 @@ def test_triton_block_kernel_runs_inside_the_model(comfy, pack, tiny_models, mon
         monkeypatch.setattr(ffn, "CHUNK_MIN_BYTES", 0)
     patched = _patch(pack, model, backend="auto")
     out = _sample(comfy, patched)
+    tel = _last(pack, patched)
     # per block call: norm1, add + norm3, add + norm2, add (or one add into the stream per FFN piece)
-    n = len(ffn.token_chunks(2, 1, 1, 1, 1, 0))  # the tiny model's FFN is 2 streams wide: one piece per batch element
-    last = [(True, False, True)] * n if pieces else [(True, False, False)]
+    if pieces:
+        (n,) = tel.ffn_pieces  # one piece count for every block call
+        assert n >= 2
+        last = [(True, False, True)] * n
+    else:
+        assert tel.ffn_pieces == {}
+        last = [(True, False, False)]
     assert calls == ([(False, True, False), (True, True, False), (True, True, False)] + last) * (STEPS * 2)
     torch.testing.assert_close(out, own, rtol=1e-4, atol=1e-4)
-    tel = _last(pack, patched)
     gelu_cpu = "FFN GELU unfused: input on cpu (the GELU epilogue is cuBLASLt's)"
     assert tel.block_norms == {"fused": STEPS * 2, gelu_cpu: STEPS * 2}
     assert f"block adds + norms: fused x{STEPS * 2}" in tel.summary()
