@@ -16,6 +16,8 @@ interpreter).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -25,7 +27,8 @@ from . import configs
 from .fp8 import _to_e4m3
 from .tiles import _op
 
-__all__ = ["STATS_SPAN", "_logits", "_pooled_operand", "k_mean", "quantize_qk", "smoothed_means"]
+__all__ = ["PREPASS_LAUNCH", "STATS_SPAN", "PrepassLaunch", "_logits", "_pooled_operand", "k_mean", "quantize_qk",
+           "quantize_with_mean", "smoothed_means"]
 
 _RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _RNE - _RNE rounds fp32 x to the nearest integer, ties to even
 _MARKSTEIN_MIN = tl.constexpr(5.421010862427522e-20)  # 2^-64: the smallest divisor `_div_rn` is exact for here
@@ -42,6 +45,25 @@ def _div_rn(x, s, r):
     arithmetic exactly). Not under the CPU interpreter, whose fma rounds twice."""
     q = x * r
     return tl.fma(tl.fma(-q, s, x), r, q)
+
+
+@triton.jit
+def _scale_of(amax, QMAX: tl.constexpr):
+    """The symmetric scale of a tile with this amax: amax / QMAX correctly rounded, 1 for an all-zero tile."""
+    return tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
+
+
+@triton.jit
+def _quotients(x, scale, QMAX: tl.constexpr, EXACT: tl.constexpr):
+    """int8 round(x / scale) clamped to +-QMAX, with `_quantize_tile`'s branch-free lift (the int8 pass's)."""
+    if EXACT:
+        r = tl.math.div_rn(x, x * 0 + scale)
+    else:
+        lift = tl.where(scale < _MARKSTEIN_MIN, _LIFT, 1.0)
+        s = scale * lift
+        r = _div_rn(x * lift, s, tl.math.div_rn(s * 0 + 1.0, s))
+    r = (r + _RNE) - _RNE
+    return tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
 
 
 @triton.jit
@@ -72,21 +94,48 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr, BRANCH: tl.
 
 @triton.jit
 def _quantize_block(X, XMEAN, X8, XS, b, h, bh, j, offs, offs_d, mask, stride_b, stride_h, stride_l, L, N,
-                    HEAD_DIM: tl.constexpr, SMOOTH: tl.constexpr, EXACT: tl.constexpr):
-    """int8 x (minus its channel mean XMEAN where SMOOTH) and its scale for spec block j of one (batch, head)."""
-    x = tl.load(X + b * stride_b + h * stride_h + offs[:, None] * stride_l + offs_d[None, :], mask=mask, other=0.0)
-    x = x.to(tl.float32)
-    if SMOOTH:
-        x = x - tl.load(XMEAN + bh * HEAD_DIM + offs_d)[None, :]
-    x8, xs = _quantize_tile(x, mask, 127.0, EXACT, False)
-    tl.store(X8 + (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=mask)
+                    HEAD_DIM: tl.constexpr, SMOOTH: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
+                    ROWS: tl.constexpr):
+    """int8 x (minus its channel mean XMEAN where SMOOTH) and its scale for spec block j of one (batch, head).
+
+    ROWS 0: the block's tile in registers, its amax, then its quotients. Else two passes over pieces of ROWS tokens:
+    the first takes the amax (an elementwise running max, reduced once), the second reads the pieces again (from
+    cache) and writes their int8 values, so a program holds a piece rather than the block and more programs share
+    an SM. The same values and scale either way (a max is exact in any order)."""
+    x_base = X + b * stride_b + h * stride_h
+    if ROWS == 0:
+        x = tl.load(x_base + offs[:, None] * stride_l + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        if SMOOTH:
+            x = x - tl.load(XMEAN + bh * HEAD_DIM + offs_d)[None, :]
+        x8, xs = _quantize_tile(x, mask, 127.0, EXACT, False)
+        tl.store(X8 + (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=mask)
+    else:
+        mean = tl.load(XMEAN + bh * HEAD_DIM + offs_d) if SMOOTH else tl.zeros([HEAD_DIM], dtype=tl.float32)
+        run = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
+        for r0 in range(0, BLOCK, ROWS):
+            rows = j * BLOCK + r0 + tl.arange(0, ROWS)
+            m = (rows < L)[:, None]
+            x = tl.load(x_base + rows[:, None] * stride_l + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+            if SMOOTH:
+                x = x - mean[None, :]
+            run = tl.maximum(run, tl.abs(tl.where(m, x, 0.0)))
+        xs = _scale_of(tl.max(tl.max(run, 1), 0), 127.0)
+        for r0 in range(0, BLOCK, ROWS):
+            rows = j * BLOCK + r0 + tl.arange(0, ROWS)
+            m = (rows < L)[:, None]
+            x = tl.load(x_base + rows[:, None] * stride_l + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+            if SMOOTH:
+                x = x - mean[None, :]
+            x8 = _quotients(tl.where(m, x, 0.0), xs, 127.0, EXACT)
+            tl.store(X8 + (bh * L + rows[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=m)
     tl.store(XS + bh * N + j, xs)
 
 
 @triton.jit
 def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stride_qh, stride_ql,
                      stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L, N, HEADS, LP,
-                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr, EXACT: tl.constexpr):
+                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr, EXACT: tl.constexpr,
+                     ROWS: tl.constexpr = 0):
     """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head); WITH_V (the fp8
     pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) stored (B, H, D, LP), tokens contiguous (the K-major
     operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused.
@@ -141,13 +190,43 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
     else:
         if part == 0:
             _quantize_block(Q, KMEAN, Q8, QS, b, h, bh, j, offs, offs_d, mask, stride_qb, stride_qh, stride_ql, L,
-                            N, HEAD_DIM, False, EXACT)
+                            N, HEAD_DIM, False, EXACT, BLOCK, ROWS)
         if part == 1:
             _quantize_block(K, KMEAN, K8, KS, b, h, bh, j, offs, offs_d, mask, stride_kb, stride_kh, stride_kl, L,
-                            N, HEAD_DIM, True, EXACT)
+                            N, HEAD_DIM, True, EXACT, BLOCK, ROWS)
 
 
-STATS_SPAN = 512  # tokens per program of the k-mean pass (a multiple of its 32-token tile)
+STATS_SPAN = 512  # tokens per program of the k-mean pass (a multiple of its tile's rows); PrepassLaunch's default
+
+
+@dataclass(frozen=True)
+class PrepassLaunch:
+    """Launch shapes of the int8-qk pre-pass: the k-sum pass (`k_mean`) and the quantize pass (`quantize_qk`).
+
+    `bench/sweep_quant_passes.py` times the choices on the GPU. The sum's span and rows set the order of k's fp32
+    additions (the mean's last bits); the quantize pass's `rows` and warps leave its output bit for bit the same."""
+
+    sum_span: int = STATS_SPAN  # tokens per k-sum program
+    sum_rows: int = 32  # its tile: tokens per load
+    sum_warps: int = 4
+    rows: int = 0  # quantize pass: 0 = a spec block as one tile, else two passes over pieces of this many tokens
+    warps: int = 8  # quantize pass at block 128 (block 64: 4)
+
+    def __post_init__(self) -> None:
+        for name in ("sum_span", "sum_rows", "sum_warps", "warps"):
+            if getattr(self, name) < 1 or getattr(self, name) & (getattr(self, name) - 1):
+                raise ValueError(f"PrepassLaunch.{name} must be a power of two, got {getattr(self, name)}")
+        if self.sum_span % self.sum_rows:
+            raise ValueError(f"PrepassLaunch: sum_span {self.sum_span} must be a multiple of sum_rows {self.sum_rows}")
+        if self.rows < 0 or self.rows & (self.rows - 1) or self.rows > 64:
+            raise ValueError(f"PrepassLaunch.rows must be 0 or a power of two up to 64, got {self.rows}")
+
+    def quantize_shape(self, block: int) -> tuple[int, int]:
+        """(rows, warps) of the quantize pass at spec block `block` (64 or 128)."""
+        return min(self.rows, block), (self.warps if block == 128 else 4)
+
+
+PREPASS_LAUNCH = PrepassLaunch()  # the shipped shapes
 
 
 @triton.jit
@@ -169,35 +248,42 @@ def _k_sum_kernel(K, KSUM, stride_kb, stride_kh, stride_kl, L, HEADS, SPLITS, SP
     tl.store(KSUM + (bh * SPLITS + s) * HEAD_DIM + offs_d, tl.sum(acc, 0))
 
 
-def k_mean(k: torch.Tensor) -> torch.Tensor:
+def k_mean(k: torch.Tensor, launch: PrepassLaunch = PREPASS_LAUNCH) -> torch.Tensor:
     """(B, H, D) fp32 channel mean of k (B, H, L, D, unit last stride) over the sequence: the smoothing offset of the
-    quantize pre-pass. Per span of STATS_SPAN tokens a Triton program's fp32 sums, then torch adds the spans
+    quantize pre-pass. Per span of `launch.sum_span` tokens a Triton program's fp32 sums, then torch adds the spans
     (deterministic: no atomics). Its rounding differs from `torch.mean`'s by the order of the additions (any offset
     smooths k exactly: q.(k - m) moves each query row's logits by one constant); on the H200, Wan 1.3B, 0.036 ms
     against torch.mean's 0.053 (bench/results/profile_prepass_bc1cdeb.jsonl; v's amax stays torch's aminmax, which a
     pass reading k and v together did not beat)."""
     bsz, nh, length, d = k.shape
-    splits = triton.cdiv(length, STATS_SPAN)
+    splits = triton.cdiv(length, launch.sum_span)
     ksum = torch.empty(bsz, nh, splits, d, dtype=torch.float32, device=k.device)
     _k_sum_kernel[(splits, bsz * nh)](k, ksum, k.stride(0), k.stride(1), k.stride(2), length, nh, splits,
-                                      SPAN=STATS_SPAN, BLOCK_L=32, HEAD_DIM=d, num_warps=4)
+                                      SPAN=launch.sum_span, BLOCK_L=launch.sum_rows, HEAD_DIM=d,
+                                      num_warps=launch.sum_warps)
     return ksum.sum(dim=2) / length
 
 
-def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> QuantizedQK:
+def quantize_qk(q: torch.Tensor, k: torch.Tensor, block: int, launch: PrepassLaunch = PREPASS_LAUNCH) -> QuantizedQK:
     """`sparseflow.quantize.quantize_qk` on the device: (B, H, L, D) views with unit last stride -> int8 q and
     smoothed k (contiguous (B, H, L, D)) and their (B, H, N) scales, per spec block of `block` tokens."""
+    return quantize_with_mean(q, k, k_mean(k, launch), block, launch)
+
+
+def quantize_with_mean(q: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, block: int,
+                       launch: PrepassLaunch = PREPASS_LAUNCH) -> QuantizedQK:
+    """`quantize_qk`'s quantize pass alone, given k's channel mean (B, H, D) fp32."""
     bsz, nh, length, d = q.shape
     n = triton.cdiv(length, block)
-    mean = k_mean(k)
     q8 = torch.empty(bsz, nh, length, d, dtype=torch.int8, device=q.device)
     k8 = torch.empty_like(q8)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
+    rows, warps = launch.quantize_shape(block)
     _quantize_kernel[(n, bsz * nh, 2)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
                                     q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh, 0,
-                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, EXACT=configs.INTERPRET,
-                                    num_warps=8 if block == 128 else 4)
+                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, EXACT=configs.INTERPRET, ROWS=rows,
+                                    num_warps=warps)
     return QuantizedQK(q8, k8, qs, ks, mean, block)
 
 

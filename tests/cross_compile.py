@@ -120,17 +120,19 @@ def quantize_launch(block: int) -> Launch:
     from comfyui_sparseflow.kernels import quant
 
     ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
-    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, EXACT=False, V=None, VSCALE=None, V8=None)
+    rows, warps = quant.PREPASS_LAUNCH.quantize_shape(block)
+    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, EXACT=False, V=None, VSCALE=None, V8=None, ROWS=rows)
     return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS", "stride_vb", "stride_vh", "stride_vl"),
-                  consts, 8 if block == 128 else 4, 3)
+                  consts, warps, 3)
 
 
 def k_mean_launch() -> Launch:
     """The k-mean pass before the quantize pre-pass (kernels/quant.py `k_mean`), head_dim 128."""
     from comfyui_sparseflow.kernels import quant
 
+    shape = quant.PREPASS_LAUNCH
     return Launch(quant._k_sum_kernel, {"K": "fp16", "KSUM": "fp32"}, (), ("L", "HEADS", "SPLITS"),
-                  dict(SPAN=quant.STATS_SPAN, BLOCK_L=32, HEAD_DIM=128), 4, 3)
+                  dict(SPAN=shape.sum_span, BLOCK_L=shape.sum_rows, HEAD_DIM=128), shape.sum_warps, 3)
 
 
 def quantize_fp8_launch(block: int) -> Launch:
