@@ -288,6 +288,20 @@ KERNEL = {
                                       "python3 bench/sweep_block_passes.py (its first form)", "NVIDIA H200"),
     "sweep_passes_h200_caf648e.txt": ("the same sweep after caf648e (both kernels at 4 warps), from the repo's script",
                                       "python3 bench/sweep_block_passes.py", "NVIDIA H200"),
+    "sweep_quant_h200_fda78a1.txt": ("issue 16: launch shapes of the int8-qk pre-pass at Wan 1.3B and 14B (k-sum "
+                                     "span / rows / warps; quantize pass in one tile or two passes over pieces of "
+                                     "16 / 32 / 64 tokens, 4 or 8 warps); 'shipped' in the file = the candidate "
+                                     "defaults of that run (256/32/4, rows 32), which lost to 512/32/4 and one tile",
+                                     "python3 bench/sweep_quant_passes.py (at fda78a1)", "NVIDIA H200"),
+    "target_int8_h200_fda78a1.txt": ("issue 16: whole int8-qk op on the target case (Wan 1.3B window 0 + anchor 0, "
+                                     "every head sparse) with the a100 and consumer tiers forced vs SDPA default: "
+                                     "once with the candidate pre-pass shapes, twice with the shipped ones",
+                                     "python3 bench/sweep_quant_passes.py --skip-sweep --target-tiers a100,consumer",
+                                     "NVIDIA H200"),
+    "gpu_tests_h200_fda78a1.log": ("GPU tests of the int8-qk pre-pass at every launch shape of the test's list, "
+                                   "bit for bit with the reference at the Wan 1.3B shape (fda78a1's working tree)",
+                                   "python3 -m pytest -rs tests/test_kernels_int8.py -k 'prepass or k_mean'",
+                                   "NVIDIA H200"),
     "prologue_h200_caf648e.txt": ("fused QK-norm + RoPE vs ComfyUI 0.3.64's path at caf648e (4 warps)",
                                   "python3 bench/bench_prologue.py", "NVIDIA H200"),
     "gpu_tests_h200_caf648e.log": ("GPU tests of the QK prologue and the block add + norm (the in-place gated add "

@@ -1,6 +1,6 @@
 """Launch shapes of the int8-qk pre-pass (kernels/quant.py `PrepassLaunch`) at Wan shapes, one GPU: the k-sum pass
-(`k_mean`: tokens per program, rows per load, warps) and the quantize pass (`quantize_with_mean`: a spec block as one
-tile, or two passes over pieces of 16 / 32 / 64 tokens; 4 or 8 warps), bf16 inputs in ComfyUI's (B, L, H*D) layout
+(`k_mean`: tokens per program, rows per load, warps) and the quantize pass (`quantize_with_mean`: 4 or 8 warps),
+bf16 inputs in ComfyUI's (B, L, H*D) layout
 viewed (B, H, L, D) as the launcher passes them, spec block 128. With --target-tiers, also the whole int8-qk op on
 issue 16's target case (Wan 1.3B, every head sparse, window 0 + anchor frame 0) with each named launch tier forced,
 against torch SDPA in ComfyUI 0.3.64's backend order (bench/bench_attention.py's `sdpa_default` row and its
@@ -29,7 +29,7 @@ from comfyui_sparseflow.sparseflow.inputs import to_bhld  # noqa: E402
 
 SHAPES = {"1.3b": (12, 32760), "14b": (40, 75600)}  # heads, tokens (480p x 81f, 720p x 81f); batch 1, D 128
 SUM_SHAPES = [(256, 32, 4), (512, 32, 4), (1024, 32, 4), (256, 64, 4), (512, 64, 8), (256, 32, 8)]
-QUANT_SHAPES = [(0, 8), (16, 4), (16, 8), (32, 4), (32, 8), (64, 4), (64, 8)]  # (0, 4) takes 217 registers
+QUANT_WARPS = (4, 8)
 BLOCK, D = 128, 128
 
 
@@ -59,15 +59,15 @@ def sweep(name: str, heads: int, length: int) -> list[str]:
 
     quant_bytes = 2 * sum_bytes + 2 * q.numel()  # q, k in; int8 q, k out (scales negligible)
     ref = quant.quantize_with_mean(qb, kb, mean0, BLOCK, shipped)
-    out.append("| quantize rows / warps | ms | GB/s | bit for bit with the shipped shape |")
+    out.append("| quantize warps | ms | GB/s | bit for bit with the shipped shape |")
     out.append("|---|---|---|---|")
-    for rows, warps in QUANT_SHAPES:
-        launch = quant.PrepassLaunch(rows=rows, warps=warps)
+    for warps in QUANT_WARPS:
+        launch = quant.PrepassLaunch(warps=warps)
         got = quant.quantize_with_mean(qb, kb, mean0, BLOCK, launch)
         same = all(torch.equal(getattr(got, n), getattr(ref, n)) for n in ("q8", "k8", "q_scale", "k_scale"))
         ms = _bench(lambda launch=launch: quant.quantize_with_mean(qb, kb, mean0, BLOCK, launch))
-        mark = " (shipped)" if (rows, warps) == (shipped.rows, shipped.warps) else ""
-        out.append(f"| {rows} / {warps}{mark} | {ms:.4f} | {quant_bytes / ms / 1e6:.0f} | {same} |")
+        mark = " (shipped)" if warps == shipped.warps else ""
+        out.append(f"| {warps}{mark} | {ms:.4f} | {quant_bytes / ms / 1e6:.0f} | {same} |")
     ms = _bench(lambda: quant.quantize_qk(qb, kb, BLOCK))
     out.append(f"whole pre-pass with the shipped shapes (quantize_qk: k-sum, torch's sum of the spans, quantize): "
                f"{ms:.4f} ms")

@@ -48,25 +48,6 @@ def _div_rn(x, s, r):
 
 
 @triton.jit
-def _scale_of(amax, QMAX: tl.constexpr):
-    """The symmetric scale of a tile with this amax: amax / QMAX correctly rounded, 1 for an all-zero tile."""
-    return tl.where(amax > 0, tl.math.div_rn(amax, amax * 0 + QMAX), 1.0)
-
-
-@triton.jit
-def _quotients(x, scale, QMAX: tl.constexpr, EXACT: tl.constexpr):
-    """int8 round(x / scale) clamped to +-QMAX, with `_quantize_tile`'s branch-free lift (the int8 pass's)."""
-    if EXACT:
-        r = tl.math.div_rn(x, x * 0 + scale)
-    else:
-        lift = tl.where(scale < _MARKSTEIN_MIN, _LIFT, 1.0)
-        s = scale * lift
-        r = _div_rn(x * lift, s, tl.math.div_rn(s * 0 + 1.0, s))
-    r = (r + _RNE) - _RNE
-    return tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
-
-
-@triton.jit
 def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr, BRANCH: tl.constexpr):
     """(int8 tile, fp32 scale) of an fp32 tile: symmetric, one scale; masked elements do not count.
 
@@ -94,48 +75,21 @@ def _quantize_tile(x, mask, QMAX: tl.constexpr, EXACT: tl.constexpr, BRANCH: tl.
 
 @triton.jit
 def _quantize_block(X, XMEAN, X8, XS, b, h, bh, j, offs, offs_d, mask, stride_b, stride_h, stride_l, L, N,
-                    HEAD_DIM: tl.constexpr, SMOOTH: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
-                    ROWS: tl.constexpr):
-    """int8 x (minus its channel mean XMEAN where SMOOTH) and its scale for spec block j of one (batch, head).
-
-    ROWS 0: the block's tile in registers, its amax, then its quotients. Else two passes over pieces of ROWS tokens:
-    the first takes the amax (an elementwise running max, reduced once), the second reads the pieces again (from
-    cache) and writes their int8 values, so a program holds a piece rather than the block and more programs share
-    an SM. The same values and scale either way (a max is exact in any order)."""
-    x_base = X + b * stride_b + h * stride_h
-    if ROWS == 0:
-        x = tl.load(x_base + offs[:, None] * stride_l + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-        if SMOOTH:
-            x = x - tl.load(XMEAN + bh * HEAD_DIM + offs_d)[None, :]
-        x8, xs = _quantize_tile(x, mask, 127.0, EXACT, False)
-        tl.store(X8 + (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=mask)
-    else:
-        mean = tl.load(XMEAN + bh * HEAD_DIM + offs_d) if SMOOTH else tl.zeros([HEAD_DIM], dtype=tl.float32)
-        run = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
-        for r0 in range(0, BLOCK, ROWS):
-            rows = j * BLOCK + r0 + tl.arange(0, ROWS)
-            m = (rows < L)[:, None]
-            x = tl.load(x_base + rows[:, None] * stride_l + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-            if SMOOTH:
-                x = x - mean[None, :]
-            run = tl.maximum(run, tl.abs(tl.where(m, x, 0.0)))
-        xs = _scale_of(tl.max(tl.max(run, 1), 0), 127.0)
-        for r0 in range(0, BLOCK, ROWS):
-            rows = j * BLOCK + r0 + tl.arange(0, ROWS)
-            m = (rows < L)[:, None]
-            x = tl.load(x_base + rows[:, None] * stride_l + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-            if SMOOTH:
-                x = x - mean[None, :]
-            x8 = _quotients(tl.where(m, x, 0.0), xs, 127.0, EXACT)
-            tl.store(X8 + (bh * L + rows[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=m)
+                    HEAD_DIM: tl.constexpr, SMOOTH: tl.constexpr, EXACT: tl.constexpr):
+    """int8 x (minus its channel mean XMEAN where SMOOTH) and its scale for spec block j of one (batch, head)."""
+    x = tl.load(X + b * stride_b + h * stride_h + offs[:, None] * stride_l + offs_d[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    if SMOOTH:
+        x = x - tl.load(XMEAN + bh * HEAD_DIM + offs_d)[None, :]
+    x8, xs = _quantize_tile(x, mask, 127.0, EXACT, False)
+    tl.store(X8 + (bh * L + offs[:, None]) * HEAD_DIM + offs_d[None, :], x8, mask=mask)
     tl.store(XS + bh * N + j, xs)
 
 
 @triton.jit
 def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stride_qh, stride_ql,
                      stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, L, N, HEADS, LP,
-                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr, EXACT: tl.constexpr,
-                     ROWS: tl.constexpr = 0):
+                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_V: tl.constexpr, EXACT: tl.constexpr):
     """Q8, K8 (B, H, L, D) int8 and QS, KS (B, H, N) fp32 for spec block j of one (batch, head); WITH_V (the fp8
     pre-pass, kernels/fp8_prepass.py) also V8 = e4m3(v / VSCALE) stored (B, H, D, LP), tokens contiguous (the K-major
     operand of the P·V MMA), else V, VSCALE and V8 are None and LP unused.
@@ -190,10 +144,10 @@ def _quantize_kernel(Q, K, V, KMEAN, VSCALE, Q8, K8, V8, QS, KS, stride_qb, stri
     else:
         if part == 0:
             _quantize_block(Q, KMEAN, Q8, QS, b, h, bh, j, offs, offs_d, mask, stride_qb, stride_qh, stride_ql, L,
-                            N, HEAD_DIM, False, EXACT, BLOCK, ROWS)
+                            N, HEAD_DIM, False, EXACT)
         if part == 1:
             _quantize_block(K, KMEAN, K8, KS, b, h, bh, j, offs, offs_d, mask, stride_kb, stride_kh, stride_kl, L,
-                            N, HEAD_DIM, True, EXACT, BLOCK, ROWS)
+                            N, HEAD_DIM, True, EXACT)
 
 
 STATS_SPAN = 512  # tokens per program of the k-mean pass (a multiple of its tile's rows); PrepassLaunch's default
@@ -204,12 +158,11 @@ class PrepassLaunch:
     """Launch shapes of the int8-qk pre-pass: the k-sum pass (`k_mean`) and the quantize pass (`quantize_qk`).
 
     `bench/sweep_quant_passes.py` times the choices on the GPU. The sum's span and rows set the order of k's fp32
-    additions (the mean's last bits); the quantize pass's `rows` and warps leave its output bit for bit the same."""
+    additions (the mean's last bits); the quantize pass's warps leave its output bit for bit the same."""
 
     sum_span: int = STATS_SPAN  # tokens per k-sum program
     sum_rows: int = 32  # its tile: tokens per load
     sum_warps: int = 4
-    rows: int = 0  # quantize pass: 0 = a spec block as one tile, else two passes over pieces of this many tokens
     warps: int = 8  # quantize pass at block 128 (block 64: 4)
 
     def __post_init__(self) -> None:
@@ -218,12 +171,10 @@ class PrepassLaunch:
                 raise ValueError(f"PrepassLaunch.{name} must be a power of two, got {getattr(self, name)}")
         if self.sum_span % self.sum_rows:
             raise ValueError(f"PrepassLaunch: sum_span {self.sum_span} must be a multiple of sum_rows {self.sum_rows}")
-        if self.rows < 0 or self.rows & (self.rows - 1) or self.rows > 64:
-            raise ValueError(f"PrepassLaunch.rows must be 0 or a power of two up to 64, got {self.rows}")
 
-    def quantize_shape(self, block: int) -> tuple[int, int]:
-        """(rows, warps) of the quantize pass at spec block `block` (64 or 128)."""
-        return min(self.rows, block), (self.warps if block == 128 else 4)
+    def quantize_warps(self, block: int) -> int:
+        """Warps of the quantize pass at spec block `block` (64 or 128)."""
+        return self.warps if block == 128 else 4
 
 
 PREPASS_LAUNCH = PrepassLaunch()  # the shipped shapes
@@ -279,11 +230,10 @@ def quantize_with_mean(q: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, blo
     k8 = torch.empty_like(q8)
     qs = torch.empty(bsz, nh, n, dtype=torch.float32, device=q.device)
     ks = torch.empty_like(qs)
-    rows, warps = launch.quantize_shape(block)
     _quantize_kernel[(n, bsz * nh, 2)](q, k, None, mean, None, q8, k8, None, qs, ks, q.stride(0), q.stride(1),
                                     q.stride(2), k.stride(0), k.stride(1), k.stride(2), 0, 0, 0, length, n, nh, 0,
-                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, EXACT=configs.INTERPRET, ROWS=rows,
-                                    num_warps=warps)
+                                    BLOCK=block, HEAD_DIM=d, WITH_V=False, EXACT=configs.INTERPRET,
+                                    num_warps=launch.quantize_warps(block))
     return QuantizedQK(q8, k8, qs, ks, mean, block)
 
 

@@ -120,10 +120,9 @@ def quantize_launch(block: int) -> Launch:
     from comfyui_sparseflow.kernels import quant
 
     ptrs = {"Q": "fp16", "K": "fp16", "KMEAN": "fp32", "Q8": "i8", "K8": "i8", "QS": "fp32", "KS": "fp32"}
-    rows, warps = quant.PREPASS_LAUNCH.quantize_shape(block)
-    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, EXACT=False, V=None, VSCALE=None, V8=None, ROWS=rows)
+    consts = dict(BLOCK=block, HEAD_DIM=128, WITH_V=False, EXACT=False, V=None, VSCALE=None, V8=None)
     return Launch(quant._quantize_kernel, ptrs, (), ("L", "N", "HEADS", "stride_vb", "stride_vh", "stride_vl"),
-                  consts, warps, 3)
+                  consts, quant.PREPASS_LAUNCH.quantize_warps(block), 3)
 
 
 def k_mean_launch() -> Launch:
