@@ -1,10 +1,9 @@
 """Launch shapes of the int8-qk pre-pass (kernels/quant.py `PrepassLaunch`) at Wan shapes, one GPU: the k-sum pass
-(`k_mean`: tokens per program, rows per load, warps) and the quantize pass (`quantize_with_mean`: 4 or 8 warps),
-bf16 inputs in ComfyUI's (B, L, H*D) layout
-viewed (B, H, L, D) as the launcher passes them, spec block 128. With --target-tiers, also the whole int8-qk op on
-issue 16's target case (Wan 1.3B, every head sparse, window 0 + anchor frame 0) with each named launch tier forced,
-against torch SDPA in ComfyUI 0.3.64's backend order (bench/bench_attention.py's `sdpa_default` row and its
-`window0+anchor0` whole-op rows).
+(`k_mean`: tokens per program, rows per load, warps) and the quantize pass (`quantize_with_mean`: 4 or 8 warps), bf16
+inputs in ComfyUI's (B, L, H*D) layout viewed (B, H, L, D) as the launcher passes them, spec block 128. With
+--target-tiers, also the whole int8-qk op on issue 16's target case (Wan 1.3B, every head sparse, window 0 + anchor
+frame 0) with each named launch tier forced, against torch SDPA in ComfyUI 0.3.64's backend order
+(bench/bench_attention.py's `sdpa_default` row and its `window0+anchor0` whole-op rows).
 
 Reports ms (triton do_bench median), GB/s of the bytes each pass must move (k-sum: k once; quantize: q and k in, int8
 q and k out), and whether the output equals the shipped shape's bit for bit (the quantize pass must; the k-sum's

@@ -167,8 +167,9 @@ class PrepassLaunch:
 
     def __post_init__(self) -> None:
         for name in ("sum_span", "sum_rows", "sum_warps", "warps"):
-            if getattr(self, name) < 1 or getattr(self, name) & (getattr(self, name) - 1):
-                raise ValueError(f"PrepassLaunch.{name} must be a power of two, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"PrepassLaunch.{name} must be a power of two, got {value}")
         if self.sum_span % self.sum_rows:
             raise ValueError(f"PrepassLaunch: sum_span {self.sum_span} must be a multiple of sum_rows {self.sum_rows}")
 

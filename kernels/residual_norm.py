@@ -108,16 +108,15 @@ def add_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None,
     """
     bsz, length, c = x.shape
     rows = bsz * length
-    if out is not None and (norm or y is None or out.shape != x.shape or out.stride(-1) != 1
-                            or out.dtype != x.dtype):
+    if out is None:
+        s = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if y is not None else x
+    elif norm or y is None or out.shape != x.shape or out.stride(-1) != 1 or out.dtype != x.dtype:
         raise ValueError("kernels.residual_norm.add_norm: `out` takes a (B, L, C) tensor of x's dtype with unit last "
                          "stride, for an add without a norm")
-    if out is not None:
-        s = out
     else:
-        s = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if y is not None else x
+        s = out
     n = torch.empty((bsz, length, c), dtype=x.dtype, device=x.device) if norm else None
-    out = n if n is not None else s
+    written = n if n is not None else s  # the kernel's output rows: their strides
     block_t, block_c, warps = launch_shape(c)
     grid = (triton.cdiv(rows, block_t),)
     dummy = x
@@ -128,7 +127,7 @@ def add_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None,
         s, n if n is not None else dummy,
         x.stride(0), x.stride(1), x.stride(2), *_row_strides(y, length),
         *_row_strides(gate, length), *_row_strides(shift, length), *_row_strides(scale, length),
-        out.stride(0), out.stride(1),
+        written.stride(0), written.stride(1),
         rows, length, float(eps),
         C=c, HAS_Y=y is not None, HAS_GATE=gate is not None, NORM=bool(norm), AFFINE=weight is not None,
         MODULATE=shift is not None, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=warps)
